@@ -1,0 +1,33 @@
+//! The one mapping from rcri's errors to gRPC statuses.
+
+/// An error answered to a CRI client; the variant picks the gRPC code and
+/// the text is what the operator reads (the kubelet shows it in events).
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<CriError> for tonic::Status {
+    fn from(error: CriError) -> Self {
+        let message = error.to_string();
+        match error {
+            CriError::InvalidArgument(_) => tonic::Status::invalid_argument(message),
+            CriError::NotFound(_) => tonic::Status::not_found(message),
+            CriError::AlreadyExists(_) => tonic::Status::already_exists(message),
+            CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
+            CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            CriError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}

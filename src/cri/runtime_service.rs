@@ -1,0 +1,185 @@
+//! `runtime.v1.RuntimeService`: the RPCs rcri implements so far. The rest
+//! fall through to the generated stubs, which answer `Unimplemented` naming
+//! the RPC.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+
+use tonic::{Request, Response, Status};
+
+use super::{CriError, RUNTIME_API_VERSION, RUNTIME_NAME, VERSION};
+use crate::config::{CgroupDriver, Config};
+use crate::handler::HandlerTable;
+use crate::proto::{self, runtime_service_server::RuntimeService};
+
+/// The kubelet-facing version of the runtime API, as other runtimes report it.
+const KUBELET_API_VERSION: &str = "0.1.0";
+
+pub struct RuntimeSvc {
+    config: Arc<Config>,
+    handlers: Arc<HandlerTable>,
+    /// The pod CIDR last given by `UpdateRuntimeConfig`.
+    pod_cidr: RwLock<String>,
+}
+
+impl RuntimeSvc {
+    pub fn new(config: Arc<Config>, handlers: Arc<HandlerTable>) -> Self {
+        RuntimeSvc {
+            config,
+            handlers,
+            pod_cidr: RwLock::new(String::new()),
+        }
+    }
+
+    fn runtime_handlers(&self) -> Vec<proto::RuntimeHandler> {
+        let entry = |name: &str| {
+            self.handlers.handlers.get(name).map(|h| proto::RuntimeHandler {
+                name: name.to_string(),
+                features: Some(proto::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: h.features.recursive_read_only_mounts,
+                    user_namespaces: h.features.user_namespaces,
+                }),
+            })
+        };
+        // The default again under the empty name: that is what a pod without
+        // a RuntimeClass gets.
+        let default = entry(&self.handlers.default_handler).map(|mut h| {
+            h.name.clear();
+            h
+        });
+        default
+            .into_iter()
+            .chain(self.handlers.names().filter_map(entry))
+            .collect()
+    }
+
+    fn verbose_info(&self) -> HashMap<String, String> {
+        let dropped = serde_json::to_string(&self.handlers.dropped)
+            .expect("dropped handlers serialize to JSON");
+        let mut info = HashMap::from([
+            ("config".to_string(), self.config.to_json()),
+            ("droppedHandlers".to_string(), dropped),
+        ]);
+        let pod_cidr = self.pod_cidr.read().expect("pod CIDR lock").clone();
+        if !pod_cidr.is_empty() {
+            info.insert("podCIDR".to_string(), pod_cidr);
+        }
+        info
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for RuntimeSvc {
+    async fn version(
+        &self,
+        _request: Request<proto::VersionRequest>,
+    ) -> Result<Response<proto::VersionResponse>, Status> {
+        Ok(Response::new(proto::VersionResponse {
+            version: KUBELET_API_VERSION.to_string(),
+            runtime_name: RUNTIME_NAME.to_string(),
+            runtime_version: VERSION.to_string(),
+            runtime_api_version: RUNTIME_API_VERSION.to_string(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let conditions = vec![
+            proto::RuntimeCondition {
+                r#type: "RuntimeReady".to_string(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            proto::RuntimeCondition {
+                r#type: "NetworkReady".to_string(),
+                status: false,
+                reason: "NetworkPluginNotReady".to_string(),
+                message: "rcri does not set up pod networks (CNI) yet".to_string(),
+            },
+        ];
+        let info = if request.get_ref().verbose {
+            self.verbose_info()
+        } else {
+            HashMap::new()
+        };
+        Ok(Response::new(proto::StatusResponse {
+            status: Some(proto::RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: self.runtime_handlers(),
+            features: Some(proto::RuntimeFeatures::default()),
+        }))
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<proto::RuntimeConfigRequest>,
+    ) -> Result<Response<proto::RuntimeConfigResponse>, Status> {
+        let cgroup_driver = match self.config.cgroup_driver {
+            CgroupDriver::Systemd => proto::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => proto::CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(proto::RuntimeConfigResponse {
+            linux: Some(proto::LinuxRuntimeConfiguration {
+                cgroup_driver: cgroup_driver as i32,
+            }),
+        }))
+    }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<proto::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<proto::UpdateRuntimeConfigResponse>, Status> {
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        // An empty CIDR leaves the known one alone, as the kubelet expects.
+        if !pod_cidr.is_empty() {
+            validate_pod_cidr(&pod_cidr)?;
+            tracing::info!(pod_cidr = %pod_cidr, "pod CIDR updated");
+            *self.pod_cidr.write().expect("pod CIDR lock") = pod_cidr;
+        }
+        Ok(Response::new(proto::UpdateRuntimeConfigResponse {}))
+    }
+}
+
+/// The kubelet sends one CIDR, or two separated by a comma (dual stack).
+fn validate_pod_cidr(value: &str) -> Result<(), CriError> {
+    for cidr in value.split(',') {
+        let valid = cidr.split_once('/').is_some_and(|(addr, len)| {
+            match (addr.trim().parse::<IpAddr>(), len.trim().parse::<u8>()) {
+                (Ok(IpAddr::V4(_)), Ok(len)) => len <= 32,
+                (Ok(IpAddr::V6(_)), Ok(len)) => len <= 128,
+                _ => false,
+            }
+        });
+        if !valid {
+            return Err(CriError::InvalidArgument(format!(
+                "pod CIDR {cidr:?} is not a valid CIDR such as 10.244.0.0/24 (in {value:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_pod_cidr;
+
+    #[test]
+    fn pod_cidrs() {
+        assert!(validate_pod_cidr("10.244.0.0/24").is_ok());
+        assert!(validate_pod_cidr("10.244.0.0/24,fd00::/64").is_ok());
+        assert!(validate_pod_cidr("10.244.0.0").is_err());
+        assert!(validate_pod_cidr("10.244.0.0/33").is_err());
+        assert!(validate_pod_cidr("fd00::/129").is_err());
+        assert!(validate_pod_cidr("x/24").is_err());
+        assert!(validate_pod_cidr("10.0.0.0/8,").is_err());
+    }
+}

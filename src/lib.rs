@@ -1,0 +1,13 @@
+//! rcri: a Kubernetes CRI v1 runtime that runs each pod with the OCI runtime
+//! named by its RuntimeClass handler.
+
+pub mod config;
+pub mod cri;
+pub mod handler;
+pub mod server;
+
+/// Code generated from `proto/api.proto` (package `runtime.v1`).
+#[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("runtime.v1");
+}

@@ -1,0 +1,190 @@
+//! `rcri serve`: claims the socket, then serves RuntimeService and
+//! ImageService on it until SIGTERM or SIGINT.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::cri::{ImageSvc, RuntimeSvc};
+use crate::handler::HandlerTable;
+use crate::proto::image_service_server::ImageServiceServer;
+use crate::proto::runtime_service_server::RuntimeServiceServer;
+
+/// The kubelet's CRI client allows 16 MiB messages; so do we.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+const SOCKET_MODE: u32 = 0o660;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("another rcri is already running with run_dir {run_dir}: {lock} is locked{holder}")]
+    AlreadyRunning {
+        run_dir: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    #[error("another process is already serving on {0}; stop it or choose another socket")]
+    SocketInUse(PathBuf),
+    #[error("{0} exists and is not a socket; remove it or choose another socket path")]
+    NotASocket(PathBuf),
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
+    let path = path.to_path_buf();
+    move |source| ServeError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// The resources claimed before serving: the instance lock and the bound
+/// socket. Claiming happens before the async runtime starts, so these
+/// blocking calls never run on an async worker.
+pub struct Claimed {
+    _lock: File,
+    listener: UnixListener,
+    socket: PathBuf,
+}
+
+/// Creates the directories, takes the instance lock and binds the socket,
+/// replacing a stale socket file but never a live one.
+pub fn claim(config: &Config) -> Result<Claimed, ServeError> {
+    for dir in [&config.run_dir, &config.state_dir] {
+        std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+    }
+    let lock = take_instance_lock(&config.run_dir)?;
+    let socket = config.socket.clone();
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
+    }
+    remove_stale_socket(&socket)?;
+    let listener = UnixListener::bind(&socket).map_err(io_error("listen on", &socket))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .map_err(io_error("set the mode of", &socket))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io_error("configure", &socket))?;
+    Ok(Claimed {
+        _lock: lock,
+        listener,
+        socket,
+    })
+}
+
+fn take_instance_lock(run_dir: &Path) -> Result<File, ServeError> {
+    let path = run_dir.join("rcri.lock");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    if let Err(e) = file.try_lock() {
+        let holder = std::fs::read_to_string(&path)
+            .ok()
+            .map(|pid| pid.trim().to_string())
+            .filter(|pid| !pid.is_empty())
+            .map(|pid| format!(" by pid {pid}"))
+            .unwrap_or_default();
+        return match e {
+            std::fs::TryLockError::WouldBlock => Err(ServeError::AlreadyRunning {
+                run_dir: run_dir.to_path_buf(),
+                lock: path,
+                holder,
+            }),
+            std::fs::TryLockError::Error(source) => Err(ServeError::Io {
+                action: "lock",
+                path,
+                source,
+            }),
+        };
+    }
+    file.set_len(0).map_err(io_error("write", &path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_error("write", &path))?;
+    Ok(file)
+}
+
+/// A socket left by a crashed rcri refuses connections: remove it. One that
+/// answers belongs to a live server: refuse to start.
+fn remove_stale_socket(socket: &Path) -> Result<(), ServeError> {
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error("inspect", socket)(e)),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServeError::NotASocket(socket.to_path_buf()));
+    }
+    match UnixStream::connect(socket) {
+        Ok(_) => Err(ServeError::SocketInUse(socket.to_path_buf())),
+        Err(_) => {
+            tracing::info!(socket = %socket.display(), "replacing a stale socket");
+            std::fs::remove_file(socket).map_err(io_error("remove stale socket", socket))
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then removes the socket.
+pub async fn serve(config: Config, claimed: Claimed) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let handlers = Arc::new(HandlerTable::probe(&config).await);
+    let listener = tokio::net::UnixListener::from_std(claimed.listener)
+        .map_err(io_error("listen on", &claimed.socket))?;
+    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(config.clone(), handlers.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let images = ImageServiceServer::new(ImageSvc)
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    tracing::info!(
+        socket = %claimed.socket.display(),
+        default_handler = %handlers.default_handler,
+        handlers = ?handlers.names().collect::<Vec<_>>(),
+        version = crate::cri::VERSION,
+        "rcri is serving"
+    );
+    for dropped in &handlers.dropped {
+        tracing::warn!(handler = %dropped.name, reason = %dropped.reason, "runtime handler dropped");
+    }
+    let result = tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(images)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    if let Err(e) = std::fs::remove_file(&claimed.socket) {
+        tracing::warn!(socket = %claimed.socket.display(), error = %e, "cannot remove the socket");
+    }
+    tracing::info!("rcri stopped");
+    Ok(result?)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop rcri with SIGKILL");
+        return std::future::pending().await;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+}

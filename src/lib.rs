@@ -4,6 +4,7 @@
 pub mod config;
 pub mod cri;
 pub mod handler;
+pub mod image;
 pub mod server;
 
 /// Code generated from `proto/api.proto` (package `runtime.v1`).

@@ -1,0 +1,5 @@
+//! The image store: references, registry pulls, content-addressed blobs and
+//! unpacked layers.
+
+pub mod layer;
+pub mod reference;

@@ -33,7 +33,11 @@ fn name_unimplemented_rpcs() -> Result<(), Box<dyn std::error::Error>> {
     for line in source.lines() {
         let trimmed = line.trim_start();
         if let Some(rest) = trimmed.strip_prefix("pub trait ") {
-            service = rest.split([':', ' ']).next().unwrap_or_default().to_string();
+            service = rest
+                .split([':', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string();
         } else if let Some(rest) = trimmed.strip_prefix("async fn ") {
             rpc = rest.split('(').next().unwrap_or_default().to_string();
         }

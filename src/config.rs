@@ -221,7 +221,42 @@ fn parse_error(name: &str, text: &str, error: &toml::de::Error) -> ConfigError {
         }
         None => name.to_string(),
     };
-    ConfigError(format!("{location}: {}", error.message().trim_end()))
+    let message = error.message().trim_end();
+    // Type errors point at a value; name its key so the operator knows what to fix.
+    let key = error
+        .span()
+        .filter(|_| !message.starts_with("unknown field"))
+        .and_then(|span| key_at(text, span.start));
+    match key {
+        Some(key) => ConfigError(format!("{location}: {key}: {message}")),
+        None => ConfigError(format!("{location}: {message}")),
+    }
+}
+
+/// The dotted key assigned on the line holding `offset`, with the table
+/// header above it: `handlers.runc.runtime_path`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let header = text[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        (l.starts_with('[') && !l.starts_with("[[")).then(|| {
+            l.trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_string()
+        })
+    });
+    Some(match header {
+        Some(table) => format!("{table}.{key}"),
+        None => key.to_string(),
+    })
 }
 
 fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
@@ -477,7 +512,12 @@ fn list_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
 
 impl MergedHandler {
     /// Checks one handler; the error is the reason it cannot be used.
-    fn validate(self, name: &str, run_dir: &Path, path_env: &std::ffi::OsStr) -> Result<Handler, String> {
+    fn validate(
+        self,
+        name: &str,
+        run_dir: &Path,
+        path_env: &std::ffi::OsStr,
+    ) -> Result<Handler, String> {
         let at = |origin: &Origin| format!(" (set at {origin})");
         let defined = self.defined_at.as_ref().map(at).unwrap_or_default();
         if !is_dns_label(name) {
@@ -485,9 +525,17 @@ impl MergedHandler {
                 "the name {name:?} is not a valid RuntimeClass handler (lowercase letters, digits and '-', at most 63, starting and ending alphanumeric){defined}"
             ));
         }
-        let runtime_type = self.runtime_type.as_ref().map(|(t, _)| *t).unwrap_or_default();
+        let runtime_type = self
+            .runtime_type
+            .as_ref()
+            .map(|(t, _)| *t)
+            .unwrap_or_default();
         if runtime_type == RuntimeType::ShimV2 {
-            let origin = self.runtime_type.as_ref().map(|(_, o)| at(o)).unwrap_or_default();
+            let origin = self
+                .runtime_type
+                .as_ref()
+                .map(|(_, o)| at(o))
+                .unwrap_or_default();
             return Err(format!(
                 "runtime_type \"shim-v2\" is reserved for containerd shim-v2 runtimes and not supported yet; use \"oci\"{origin}"
             ));
@@ -501,7 +549,8 @@ impl MergedHandler {
                         at(origin)
                     ));
                 }
-                check_executable(path).map_err(|why| format!("{}: {why}{}", path.display(), at(origin)))?;
+                check_executable(path)
+                    .map_err(|why| format!("{}: {why}{}", path.display(), at(origin)))?;
                 path.clone()
             }
             None => find_on_path(name, path_env).ok_or_else(|| {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use rcri::config::{Config, ConfigSources, DEFAULT_CONFIG_FILE, DEFAULT_DROPIN_DIR};
+use rcri::config::{Config, ConfigSources};
 
 #[derive(Parser)]
 #[command(
@@ -103,12 +103,16 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
     };
     init_logging(config.log_level.as_deref())?;
     tracing::info!(sources = ?config.sources, "configuration loaded");
-    let claimed = rcri::server::claim(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(rcri::server::serve(config, claimed))?;
+    let shutdown = {
+        let _context = runtime.enter();
+        rcri::server::Shutdown::install().context("cannot install signal handlers")?
+    };
+    let claimed = rcri::server::claim(&config)?;
+    runtime.block_on(rcri::server::serve(config, claimed, shutdown))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -116,12 +120,10 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
 fn init_logging(config_level: Option<&str>) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.is_empty() => {
-            EnvFilter::try_new(&env).with_context(|| format!("RUST_LOG={env:?} is not a valid log filter"))?
-        }
-        _ => EnvFilter::try_new(config_level.unwrap_or("info")).with_context(|| {
-            format!("log_level = {config_level:?} is not a valid log filter")
-        })?,
+        Ok(env) if !env.is_empty() => EnvFilter::try_new(&env)
+            .with_context(|| format!("RUST_LOG={env:?} is not a valid log filter"))?,
+        _ => EnvFilter::try_new(config_level.unwrap_or("info"))
+            .with_context(|| format!("log_level = {config_level:?} is not a valid log filter"))?,
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)

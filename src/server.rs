@@ -140,7 +140,7 @@ fn remove_stale_socket(socket: &Path) -> Result<(), ServeError> {
 }
 
 /// Serves until SIGTERM or SIGINT, then removes the socket.
-pub async fn serve(config: Config, claimed: Claimed) -> Result<(), ServeError> {
+pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let handlers = Arc::new(HandlerTable::probe(&config).await);
     let listener = tokio::net::UnixListener::from_std(claimed.listener)
@@ -164,7 +164,7 @@ pub async fn serve(config: Config, claimed: Claimed) -> Result<(), ServeError> {
     let result = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(images)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.recv())
         .await;
     if let Err(e) = std::fs::remove_file(&claimed.socket) {
         tracing::warn!(socket = %claimed.socket.display(), error = %e, "cannot remove the socket");
@@ -173,18 +173,28 @@ pub async fn serve(config: Config, claimed: Claimed) -> Result<(), ServeError> {
     Ok(result?)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop rcri with SIGKILL");
-        return std::future::pending().await;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    tracing::info!(signal = name, "shutting down");
+/// SIGTERM and SIGINT, registered before the socket is bound so that a
+/// signal sent as soon as rcri answers is never missed.
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Must be called inside the tokio runtime's context.
+    pub fn install() -> std::io::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Shutdown {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(mut self) {
+        let name = tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    }
 }

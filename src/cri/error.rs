@@ -31,3 +31,33 @@ impl From<CriError> for tonic::Status {
         }
     }
 }
+
+/// Longest client-supplied value quoted in an error: statuses travel in an
+/// HTTP/2 header, which must stay small.
+const MAX_QUOTED: usize = 100;
+
+/// Quotes a client-supplied value for an error message, shortened if long.
+pub fn quoted(value: &str) -> String {
+    if value.len() <= MAX_QUOTED {
+        return format!("{value:?}");
+    }
+    let mut end = MAX_QUOTED;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &value[..end], value.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quoted;
+
+    #[test]
+    fn long_values_are_shortened() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        let long = "é".repeat(100);
+        let shown = quoted(&long);
+        assert!(shown.ends_with("… (200 bytes)"), "{shown}");
+        assert!(shown.len() < 120);
+    }
+}

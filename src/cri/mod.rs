@@ -4,7 +4,7 @@ mod error;
 mod image_service;
 mod runtime_service;
 
-pub use error::CriError;
+pub use error::{CriError, quoted};
 pub use image_service::ImageSvc;
 pub use runtime_service::RuntimeSvc;
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use tonic::{Request, Response, Status};
 
-use super::{CriError, RUNTIME_API_VERSION, RUNTIME_NAME, VERSION};
+use super::{CriError, RUNTIME_API_VERSION, RUNTIME_NAME, VERSION, quoted};
 use crate::config::{CgroupDriver, Config};
 use crate::handler::HandlerTable;
 use crate::proto::{self, runtime_service_server::RuntimeService};
@@ -34,13 +34,16 @@ impl RuntimeSvc {
 
     fn runtime_handlers(&self) -> Vec<proto::RuntimeHandler> {
         let entry = |name: &str| {
-            self.handlers.handlers.get(name).map(|h| proto::RuntimeHandler {
-                name: name.to_string(),
-                features: Some(proto::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: h.features.recursive_read_only_mounts,
-                    user_namespaces: h.features.user_namespaces,
-                }),
-            })
+            self.handlers
+                .handlers
+                .get(name)
+                .map(|h| proto::RuntimeHandler {
+                    name: name.to_string(),
+                    features: Some(proto::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: h.features.recursive_read_only_mounts,
+                        user_namespaces: h.features.user_namespaces,
+                    }),
+                })
         };
         // The default again under the empty name: that is what a pod without
         // a RuntimeClass gets.
@@ -161,7 +164,9 @@ fn validate_pod_cidr(value: &str) -> Result<(), CriError> {
         });
         if !valid {
             return Err(CriError::InvalidArgument(format!(
-                "pod CIDR {cidr:?} is not a valid CIDR such as 10.244.0.0/24 (in {value:?})"
+                "pod CIDR {} is not a valid CIDR such as 10.244.0.0/24 (in {})",
+                quoted(cidr),
+                quoted(value)
             )));
         }
     }

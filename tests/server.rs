@@ -221,7 +221,11 @@ async fn messages_up_to_16_mib_are_accepted() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::OutOfRange, "{}", error.message());
-    assert!(error.message().contains(&format!("{}", 16 << 20)), "{}", error.message());
+    assert!(
+        error.message().contains(&format!("{}", 16 << 20)),
+        "{}",
+        error.message()
+    );
     client
         .version(proto::VersionRequest::default())
         .await

@@ -389,3 +389,10 @@ fn line_and_column_count_from_one() {
     assert_eq!(line_and_column("ab\ncd", 4), (2, 2));
     assert_eq!(line_and_column("ab", 99), (1, 3));
 }
+
+#[test]
+fn the_example_configuration_uses_only_known_keys() {
+    let example = include_str!("../../config/rcri.toml");
+    toml::from_str::<FileConfig>(example).expect("config/rcri.toml parses");
+    toml::from_str::<FileConfig>(EMBEDDED_DEFAULT).expect("config/default.toml parses");
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 host for rcri, as root. Idempotent.
+#   setup-host.sh run    what `rcri serve` needs: the OCI runtimes
+#   setup-host.sh test   plus what the tests need
+set -euo pipefail
+
+mode=${1:-run}
+run_packages=(runc crun)
+test_packages=(runc crun containernetworking-plugins docker-registry iproute2 util-linux procps)
+
+die() { echo "setup-host: $*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run me as root (apt-get and the tests need it)"
+command -v apt-get >/dev/null || die "this set-up is written for Debian 12 (apt-get not found)"
+
+case "$mode" in
+  run) packages=("${run_packages[@]}") ;;
+  test) packages=("${test_packages[@]}") ;;
+  *) die "usage: $0 run|test" ;;
+esac
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup-host: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rcri is built with the host's Rust toolchain (edition 2024 needs Rust 1.85 or later).
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo not found: install Rust 1.89 or later (e.g. with rustup) first"
+fi
+
+# crun refuses cgroup v1 "hybrid" hosts whose cgroup2 mount still owns a
+# controller (on these machines: hugetlb). Give each such controller its own
+# v1 hierarchy, which empties cgroup2's list. Pure v1 or v2 hosts are untouched.
+unified=/sys/fs/cgroup/unified
+if [ -f "$unified/cgroup.controllers" ]; then
+  for controller in $(cat "$unified/cgroup.controllers"); do
+    target=/sys/fs/cgroup/$controller
+    mountpoint -q "$target" 2>/dev/null && continue
+    mkdir -p "$target"
+    if mount -t cgroup -o "$controller" cgroup "$target"; then
+      echo "setup-host: moved cgroup controller $controller from cgroup2 to a v1 hierarchy (for crun)"
+    else
+      echo "setup-host: warning: cannot mount $controller as cgroup v1; crun may refuse to run" >&2
+    fi
+  done
+fi
+echo "setup-host: ready ($mode)"

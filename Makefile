@@ -16,7 +16,7 @@ test:
 	bash packaging/setup-host.sh test
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
-	$(CARGO) test --locked --no-fail-fast
+	$(CARGO) test --locked --no-fail-fast --all-targets
 
 build:
 	$(CARGO) build --locked

@@ -6,7 +6,7 @@ set -euo pipefail
 
 mode=${1:-run}
 run_packages=(runc crun)
-test_packages=(runc crun containernetworking-plugins docker-registry iproute2 util-linux procps)
+test_packages=(runc crun containernetworking-plugins docker-registry busybox-static zstd iproute2 util-linux procps)
 
 die() { echo "setup-host: $*" >&2; exit 1; }
 

@@ -89,6 +89,27 @@ pub struct Handler {
     pub allowed_annotations: Vec<String>,
 }
 
+/// How images are pulled from one registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegistryConfig {
+    /// Endpoints tried in order before the registry itself, e.g. `http://127.0.0.1:5000`.
+    pub mirrors: Vec<String>,
+    /// Plain HTTP or TLS without certificate verification is allowed.
+    pub insecure: bool,
+}
+
+/// A mirror is an http(s) URL with a host.
+fn check_mirror_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    if rest.split('/').next().unwrap_or_default().is_empty() {
+        return Err("has no host".to_string());
+    }
+    Ok(())
+}
+
 /// A non-default handler left out because it cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DroppedHandler {
@@ -107,6 +128,9 @@ pub struct Config {
     pub log_level: Option<String>,
     pub default_handler: String,
     pub handlers: BTreeMap<String, Handler>,
+    /// Per-registry pull settings, keyed by the registry's name in image
+    /// references (`docker.io`, `registry.k8s.io`, `127.0.0.1:5000`).
+    pub registries: BTreeMap<String, RegistryConfig>,
     /// Files read, in order (or `<embedded default>`).
     pub sources: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -279,6 +303,15 @@ struct FileConfig {
     log_level: Option<Spanned<String>>,
     #[serde(default)]
     handlers: BTreeMap<Spanned<String>, FileHandler>,
+    #[serde(default)]
+    registries: BTreeMap<Spanned<String>, FileRegistry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRegistry {
+    mirrors: Option<Spanned<Vec<String>>>,
+    insecure: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +378,13 @@ struct MergedConfig {
     default_handler: Set<String>,
     log_level: Set<String>,
     handlers: BTreeMap<String, MergedHandler>,
+    registries: BTreeMap<String, MergedRegistry>,
+}
+
+#[derive(Default)]
+struct MergedRegistry {
+    mirrors: Set<Vec<String>>,
+    insecure: Set<bool>,
 }
 
 #[derive(Default)]
@@ -366,6 +406,11 @@ impl MergedConfig {
         override_with(&mut self.cgroup_driver, src.take(file.cgroup_driver));
         override_with(&mut self.default_handler, src.take(file.default_handler));
         override_with(&mut self.log_level, src.take(file.log_level));
+        for (name, r) in file.registries {
+            let merged = self.registries.entry(name.into_inner()).or_default();
+            override_with(&mut merged.mirrors, src.take(r.mirrors));
+            override_with(&mut merged.insecure, src.take(r.insecure));
+        }
         for (name, h) in file.handlers {
             let origin = src.origin(&name);
             let merged = self.handlers.entry(name.into_inner()).or_default();
@@ -417,6 +462,32 @@ impl MergedConfig {
             }
             level
         });
+
+        let mut registries = BTreeMap::new();
+        for (host, merged) in self.registries {
+            let (mirrors, origin) = merged
+                .mirrors
+                .map(|(m, o)| (m, Some(o)))
+                .unwrap_or_default();
+            for mirror in &mirrors {
+                if let Err(why) = check_mirror_url(mirror) {
+                    let at = origin
+                        .as_ref()
+                        .map(|o| format!("{o}: "))
+                        .unwrap_or_default();
+                    errors.push(ConfigError(format!(
+                        "{at}registries.\"{host}\".mirrors: {mirror:?} {why}"
+                    )));
+                }
+            }
+            registries.insert(
+                host,
+                RegistryConfig {
+                    mirrors,
+                    insecure: merged.insecure.map(|(i, _)| i).unwrap_or(false),
+                },
+            );
+        }
 
         let mut handlers = BTreeMap::new();
         let mut invalid: Vec<(String, String)> = Vec::new();
@@ -485,6 +556,7 @@ impl MergedConfig {
             log_level,
             default_handler,
             handlers,
+            registries,
             sources,
             dropped_handlers,
         })
@@ -643,6 +715,8 @@ impl Config {
             log_level: Option<&'a str>,
             default_handler: &'a str,
             handlers: BTreeMap<&'a str, ShownHandler<'a>>,
+            #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+            registries: &'a BTreeMap<String, RegistryConfig>,
         }
         #[derive(Serialize)]
         struct ShownHandler<'a> {
@@ -677,6 +751,7 @@ impl Config {
                     )
                 })
                 .collect(),
+            registries: &self.registries,
         };
         toml::to_string(&shown).expect("the effective configuration serializes to TOML")
     }

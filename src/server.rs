@@ -13,6 +13,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::config::Config;
 use crate::cri::{ImageSvc, RuntimeSvc};
 use crate::handler::HandlerTable;
+use crate::image::registry::{RegistryClient, RegistryHost};
+use crate::image::store::{ImageStore, StoreError};
 use crate::proto::image_service_server::ImageServiceServer;
 use crate::proto::runtime_service_server::RuntimeServiceServer;
 
@@ -38,6 +40,10 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot set up image pulls: {0}")]
+    Registry(#[from] crate::image::registry::RegistryError),
+    #[error("cannot open the image store: {0}")]
+    ImageStore(#[from] StoreError),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -58,6 +64,7 @@ pub struct Claimed {
     _lock: File,
     listener: UnixListener,
     socket: PathBuf,
+    images: Arc<ImageStore>,
 }
 
 /// Creates the directories, takes the instance lock and binds the socket,
@@ -67,6 +74,23 @@ pub fn claim(config: &Config) -> Result<Claimed, ServeError> {
         std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
     }
     let lock = take_instance_lock(&config.run_dir)?;
+    let registry = RegistryClient::new(
+        config
+            .registries
+            .iter()
+            .map(|(name, r)| {
+                let host = RegistryHost {
+                    mirrors: r.mirrors.clone(),
+                    insecure: r.insecure,
+                };
+                (name.clone(), host)
+            })
+            .collect(),
+    )?;
+    let images = Arc::new(ImageStore::open(
+        &config.state_dir.join("images"),
+        registry,
+    )?);
     let socket = config.socket.clone();
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
@@ -82,6 +106,7 @@ pub fn claim(config: &Config) -> Result<Claimed, ServeError> {
         _lock: lock,
         listener,
         socket,
+        images,
     })
 }
 
@@ -148,7 +173,8 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
     let runtime = RuntimeServiceServer::new(RuntimeSvc::new(config.clone(), handlers.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let images = ImageServiceServer::new(ImageSvc)
+    let containers_dir = config.state_dir.join("containers");
+    let images = ImageServiceServer::new(ImageSvc::new(claimed.images, containers_dir))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     tracing::info!(

@@ -396,3 +396,51 @@ fn the_example_configuration_uses_only_known_keys() {
     toml::from_str::<FileConfig>(example).expect("config/rcri.toml parses");
     toml::from_str::<FileConfig>(EMBEDDED_DEFAULT).expect("config/default.toml parses");
 }
+
+#[test]
+fn registries_merge_and_mirrors_must_be_urls() {
+    let path = FakePath::with(&["runc"]);
+    let config = Config::from_texts(
+        &texts(&[
+            ("a.toml", "[registries.\"registry.k8s.io\"]\nmirrors = [\"http://127.0.0.1:5000\"]\n"),
+            ("b.toml", "[registries.\"registry.k8s.io\"]\ninsecure = true\n[registries.\"docker.io\"]\nmirrors = [\"https://mirror.example/v2-prefix\"]\n"),
+        ]),
+        &path.env(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.registries["registry.k8s.io"],
+        RegistryConfig {
+            mirrors: vec!["http://127.0.0.1:5000".into()],
+            insecure: true
+        }
+    );
+    assert!(!config.registries["docker.io"].insecure);
+    let shown = config.to_toml();
+    assert!(
+        shown.contains("[registries.\"registry.k8s.io\"]"),
+        "{shown}"
+    );
+
+    let errors = refused(Config::from_texts(
+        &texts(&[(
+            "r.toml",
+            "[registries.\"docker.io\"]\nmirrors = [\"127.0.0.1:5000\"]\n",
+        )]),
+        &path.env(),
+    ));
+    assert_eq!(
+        errors,
+        [
+            "r.toml:2: registries.\"docker.io\".mirrors: \"127.0.0.1:5000\" must start with http:// or https://"
+        ]
+    );
+    let errors = refused(Config::from_texts(
+        &texts(&[("r.toml", "[registries.\"docker.io\"]\nmirror = []\n")]),
+        &path.env(),
+    ));
+    assert!(
+        errors[0].starts_with("r.toml:2:1: unknown field `mirror`"),
+        "{errors:?}"
+    );
+}

@@ -1,5 +1,9 @@
 //! The one mapping from rcri's errors to gRPC statuses.
 
+use crate::image::layer::LayerError;
+use crate::image::registry::RegistryError;
+use crate::image::store::StoreError;
+
 /// An error answered to a CRI client; the variant picks the gRPC code and
 /// the text is what the operator reads (the kubelet shows it in events).
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +19,12 @@ pub enum CriError {
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DataLoss(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -27,7 +37,34 @@ impl From<CriError> for tonic::Status {
             CriError::AlreadyExists(_) => tonic::Status::already_exists(message),
             CriError::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             CriError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+            CriError::PermissionDenied(_) => tonic::Status::permission_denied(message),
+            CriError::Unavailable(_) => tonic::Status::unavailable(message),
+            CriError::DataLoss(_) => tonic::Status::data_loss(message),
             CriError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+impl From<StoreError> for CriError {
+    fn from(error: StoreError) -> Self {
+        let message = error.to_string();
+        match &error {
+            StoreError::Reference(_) => CriError::InvalidArgument(message),
+            StoreError::Registry(e) if e.is_not_found() => CriError::NotFound(message),
+            StoreError::Registry(e) if e.is_unauthorized() => CriError::PermissionDenied(message),
+            StoreError::Registry(e) if e.is_unavailable() => CriError::Unavailable(message),
+            StoreError::Registry(RegistryError::DigestMismatch { .. }) => {
+                CriError::DataLoss(message)
+            }
+            StoreError::Registry(e) if e.is_bad_content() => CriError::FailedPrecondition(message),
+            StoreError::Layer {
+                source: LayerError::DigestMismatch { .. },
+                ..
+            } => CriError::DataLoss(message),
+            StoreError::Layer { .. } | StoreError::InvalidImage { .. } => {
+                CriError::FailedPrecondition(message)
+            }
+            StoreError::Registry(_) | StoreError::Io { .. } => CriError::Internal(message),
         }
     }
 }

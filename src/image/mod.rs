@@ -3,3 +3,6 @@
 
 pub mod layer;
 pub mod reference;
+pub mod registry;
+pub mod rootfs;
+pub mod store;

@@ -21,6 +21,8 @@ use crate::proto::runtime_service_server::RuntimeServiceServer;
 /// The kubelet's CRI client allows 16 MiB messages; so do we.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 const SOCKET_MODE: u32 = 0o660;
+/// How long calls in flight may run on after SIGTERM or SIGINT.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -187,11 +189,31 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
     for dropped in &handlers.dropped {
         tracing::warn!(handler = %dropped.name, reason = %dropped.reason, "runtime handler dropped");
     }
-    let result = tonic::transport::Server::builder()
+    // After a signal, open connections (the kubelet keeps one) get a short
+    // grace period to finish their calls, then rcri exits regardless.
+    let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
+    let on_signal = async move {
+        shutdown.recv().await;
+        let _ = signalled.send(());
+    };
+    let server = tonic::transport::Server::builder()
         .add_service(runtime)
         .add_service(images)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.recv())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), on_signal);
+    let grace = async {
+        if grace_starts.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result,
+        () = grace => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still open after the grace period; exiting anyway");
+            Ok(())
+        }
+    };
     if let Err(e) = std::fs::remove_file(&claimed.socket) {
         tracing::warn!(socket = %claimed.socket.display(), error = %e, "cannot remove the socket");
     }

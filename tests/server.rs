@@ -262,13 +262,13 @@ async fn other_rpcs_are_unimplemented_and_say_which() {
 
     let mut images = server.images().await;
     let error = images
-        .list_images(proto::ListImagesRequest::default())
+        .stream_images(proto::StreamImagesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
     assert_eq!(
         error.message(),
-        "runtime.v1.ImageService/ListImages is not implemented by rcri yet"
+        "runtime.v1.ImageService/StreamImages is not implemented by rcri yet"
     );
     // The server is still fine afterwards.
     runtime

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock, Semaphore};
 
@@ -225,10 +225,13 @@ impl ImageStore {
                 )) as LayerFetch<'_>
             })
             .collect();
-        futures_util::stream::iter(fetches)
+        // Every fetch runs to its end, even after one fails, so none is cut
+        // off half-way through its clean-up.
+        let results: Vec<Result<(), StoreError>> = futures_util::stream::iter(fetches)
             .buffer_unordered(PARALLEL_LAYERS)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
 
         let config_digest = resolved.manifest.config.digest.clone();
         self.write_blob(&config_digest, resolved.config_bytes.clone())
@@ -281,6 +284,7 @@ impl ImageStore {
         }
         let unique = format!("{}-{}", hex_of(&descriptor.digest), random_suffix());
         let blob = self.root.join("tmp").join(format!("{unique}.blob"));
+        let mut blob_guard = RemoveOnDrop(Some(blob.clone()));
         {
             let _permit = self.downloads.acquire().await.expect("download semaphore");
             self.registry
@@ -289,26 +293,20 @@ impl ImageStore {
         }
         let staging = self.root.join("tmp").join(format!("{unique}.layer"));
         let expected = diff_id.to_string();
-        let (blob_path, staging_path, final_path) = (blob.clone(), staging.clone(), dest.clone());
-        let unpacked = tokio::task::spawn_blocking(move || -> Result<(), LayerError> {
-            let dest_error = |path: &Path| {
-                let path = path.to_path_buf();
-                move |source| LayerError::Dest { path, source }
-            };
-            let file = std::fs::File::open(&blob_path).map_err(LayerError::Read)?;
-            std::fs::create_dir(&staging_path).map_err(dest_error(&staging_path))?;
-            let stats =
-                layer::unpack_layer(std::io::BufReader::new(file), compression, &staging_path)?;
-            stats.verify_diff_id(&expected)?;
-            std::fs::rename(&staging_path, &final_path).map_err(dest_error(&final_path))?;
-            Ok(())
+        let final_path = dest.clone();
+        // The blocking task owns the temporary files from here on and always
+        // removes them, even if this pull is cancelled while it runs.
+        let blob_path = blob_guard.0.take().expect("blob guard armed");
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let result = unpack_blob(&blob_path, compression, &staging, &final_path, &expected);
+            let _ = std::fs::remove_file(&blob_path);
+            if result.is_err() {
+                let _ = std::fs::remove_dir_all(&staging);
+            }
+            result
         })
         .await
         .expect("layer unpack task panicked");
-        let _ = tokio::fs::remove_file(&blob).await;
-        if unpacked.is_err() {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-        }
         unpacked.map_err(layer_error)?;
         tracing::debug!(diff_id, digest = %descriptor.digest, "layer unpacked");
         Ok(())
@@ -483,6 +481,37 @@ impl ImageStore {
     /// Disk usage of the whole store.
     pub async fn usage(&self) -> Result<Usage, StoreError> {
         blocking_io("measure", self.root.clone(), fsutil::disk_usage).await
+    }
+}
+
+/// Unpacks a downloaded layer blob into `staging`, checks its diff id, then
+/// moves it into place.
+fn unpack_blob(
+    blob: &Path,
+    compression: Compression,
+    staging: &Path,
+    final_path: &Path,
+    diff_id: &str,
+) -> Result<(), LayerError> {
+    let dest_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LayerError::Dest { path, source }
+    };
+    let file = std::fs::File::open(blob).map_err(LayerError::Read)?;
+    std::fs::create_dir(staging).map_err(dest_error(staging))?;
+    let stats = layer::unpack_layer(std::io::BufReader::new(file), compression, staging)?;
+    stats.verify_diff_id(diff_id)?;
+    std::fs::rename(staging, final_path).map_err(dest_error(final_path))
+}
+
+/// Removes a temporary file if the future owning it is dropped early.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -802,3 +802,39 @@ async fn kill_9_during_a_pull_leaves_nothing_corrupt() {
     let layers = fixture.listing("layers");
     assert_eq!(layers.len(), 3, "{layers:?}");
 }
+
+/// In-process: layers a container holds outlive the removal of their image
+/// and are freed when the container lets go.
+#[tokio::test]
+async fn layers_held_by_a_container_outlive_their_image() {
+    use rcri::image::registry::RegistryClient;
+    use rcri::image::store::ImageStore;
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::busybox()
+        .layer(Layer::new().file("held", "x", 0o644))
+        .build_oci();
+    let pushed = registry.push("test/held", "1", &image).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        ImageStore::open(dir.path(), RegistryClient::new(Default::default()).unwrap()).unwrap();
+    let record = store
+        .pull(&registry.reference("test/held", "1"), None)
+        .await
+        .unwrap();
+    let layer = store.layer_dirs(&record)[1].clone();
+    assert!(layer.is_dir());
+
+    store.hold_layers("container-1", &record);
+    store.remove(&record.id).await.unwrap();
+    assert!(
+        store.find(&record.id).await.unwrap().is_none(),
+        "the image is gone"
+    );
+    assert!(
+        layer.is_dir(),
+        "its layers stay while the container uses them"
+    );
+    store.release_layers("container-1").await.unwrap();
+    assert!(!layer.exists(), "and are freed when it is gone");
+    assert_eq!(pushed.layers.len(), 2);
+}

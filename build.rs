@@ -18,6 +18,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .generate_default_stubs(true)
         .compile_with_config(config, &["proto/api.proto"], &["proto"])?;
     name_unimplemented_rpcs()?;
+    build_pause()?;
+    Ok(())
+}
+
+/// Compiles the built-in pause program as a static binary, which rcri
+/// embeds and installs into the pause container's rootfs at start.
+fn build_pause() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=src/pause/main.rs");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?).join("rcri-pause");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string());
+    let status = std::process::Command::new(rustc)
+        .args([
+            "--edition=2024",
+            "-C",
+            "opt-level=s",
+            "-C",
+            "panic=abort",
+            "-C",
+            "strip=symbols",
+            "-C",
+            "target-feature=+crt-static",
+            "src/pause/main.rs",
+            "-o",
+        ])
+        .arg(&out)
+        .status()?;
+    if !status.success() {
+        return Err(format!(
+            "compiling the static pause binary failed ({status}); static linking needs libc6-dev"
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -6,7 +6,10 @@ pub mod cri;
 pub mod fsutil;
 pub mod handler;
 pub mod image;
+pub mod monitor;
+pub mod pod;
 pub mod server;
+pub mod spec;
 
 /// Code generated from `proto/api.proto` (package `runtime.v1`).
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]

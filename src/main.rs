@@ -26,6 +26,12 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Supervise one container (started by `rcri serve`; not for people).
+    #[command(hide = true)]
+    Monitor {
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -57,6 +63,8 @@ impl ConfigArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        // No logging set-up, no async runtime: the monitor stays small and single-threaded.
+        Command::Monitor { config } => return rcri::monitor::run(&config),
         Command::Serve(args) => serve(&args),
         Command::Config(ConfigCommand::Check(args)) => check(&args),
     };

@@ -15,6 +15,7 @@ use crate::cri::{ImageSvc, RuntimeSvc};
 use crate::handler::HandlerTable;
 use crate::image::registry::{RegistryClient, RegistryHost};
 use crate::image::store::{ImageStore, StoreError};
+use crate::pod::PodManager;
 use crate::proto::image_service_server::ImageServiceServer;
 use crate::proto::runtime_service_server::RuntimeServiceServer;
 
@@ -42,6 +43,8 @@ pub enum ServeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot load pods and containers: {0}")]
+    Pods(String),
     #[error("cannot set up image pulls: {0}")]
     Registry(#[from] crate::image::registry::RegistryError),
     #[error("cannot open the image store: {0}")]
@@ -67,6 +70,22 @@ pub struct Claimed {
     listener: UnixListener,
     socket: PathBuf,
     images: Arc<ImageStore>,
+}
+
+/// Everything the services share, built after the handler table is probed.
+async fn open_pods(
+    config: &Arc<Config>,
+    handlers: &Arc<HandlerTable>,
+    images: &Arc<ImageStore>,
+) -> Result<Arc<PodManager>, ServeError> {
+    let (config, handlers, images) = (config.clone(), handlers.clone(), images.clone());
+    let pods = tokio::task::spawn_blocking(move || PodManager::open(config, handlers, images))
+        .await
+        .map_err(|e| ServeError::Pods(format!("loading pods failed: {e}")))?
+        .map_err(|e| ServeError::Pods(e.to_string()))?;
+    let pods = Arc::new(pods);
+    pods.recover().await;
+    Ok(pods)
 }
 
 /// Creates the directories, takes the instance lock and binds the socket,
@@ -172,9 +191,11 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
     let handlers = Arc::new(HandlerTable::probe(&config).await);
     let listener = tokio::net::UnixListener::from_std(claimed.listener)
         .map_err(io_error("listen on", &claimed.socket))?;
-    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(config.clone(), handlers.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let pods = open_pods(&config, &handlers, &claimed.images).await?;
+    let runtime =
+        RuntimeServiceServer::new(RuntimeSvc::new(config.clone(), handlers.clone(), pods))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let containers_dir = config.state_dir.join("containers");
     let images = ImageServiceServer::new(ImageSvc::new(claimed.images, containers_dir))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)

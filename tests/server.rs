@@ -239,20 +239,20 @@ async fn other_rpcs_are_unimplemented_and_say_which() {
     let server = sandbox.serve();
     let mut runtime = server.runtime().await;
     let error = runtime
-        .run_pod_sandbox(proto::RunPodSandboxRequest::default())
+        .exec(proto::ExecRequest::default())
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
     assert_eq!(
         error.message(),
-        "runtime.v1.RuntimeService/RunPodSandbox is not implemented by rcri yet"
+        "runtime.v1.RuntimeService/Exec is not implemented by rcri yet"
     );
     let error = runtime
-        .list_containers(proto::ListContainersRequest::default())
+        .container_stats(proto::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
-    assert!(error.message().contains("ListContainers"));
+    assert!(error.message().contains("ContainerStats"));
     let error = runtime
         .stream_containers(proto::StreamContainersRequest::default())
         .await

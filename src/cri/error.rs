@@ -1,8 +1,10 @@
 //! The one mapping from rcri's errors to gRPC statuses.
 
+use crate::handler::oci::RuntimeError;
 use crate::image::layer::LayerError;
 use crate::image::registry::RegistryError;
 use crate::image::store::StoreError;
+use crate::pod::PodError;
 
 /// An error answered to a CRI client; the variant picks the gRPC code and
 /// the text is what the operator reads (the kubelet shows it in events).
@@ -65,6 +67,26 @@ impl From<StoreError> for CriError {
                 CriError::FailedPrecondition(message)
             }
             StoreError::Registry(_) | StoreError::Io { .. } => CriError::Internal(message),
+        }
+    }
+}
+
+impl From<PodError> for CriError {
+    fn from(error: PodError) -> Self {
+        let message = error.to_string();
+        match error {
+            PodError::InvalidArgument(_) | PodError::Spec(_) => CriError::InvalidArgument(message),
+            PodError::NotFound(_) => CriError::NotFound(message),
+            PodError::AlreadyExists(_) => CriError::AlreadyExists(message),
+            PodError::FailedPrecondition(_) => CriError::FailedPrecondition(message),
+            PodError::DeadlineExceeded(_) | PodError::Runtime(RuntimeError::Timeout { .. }) => {
+                CriError::DeadlineExceeded(message)
+            }
+            PodError::Image(e) => CriError::from(e),
+            PodError::Runtime(_)
+            | PodError::Rootfs(_)
+            | PodError::Io { .. }
+            | PodError::Internal(_) => CriError::Internal(message),
         }
     }
 }

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::{CriError, RUNTIME_API_VERSION, RUNTIME_NAME, VERSION, quoted};
 use crate::config::{CgroupDriver, Config};
 use crate::handler::HandlerTable;
+use crate::pod::PodManager;
 use crate::proto::{self, runtime_service_server::RuntimeService};
 
 /// The kubelet-facing version of the runtime API, as other runtimes report it.
@@ -19,15 +20,17 @@ const KUBELET_API_VERSION: &str = "0.1.0";
 pub struct RuntimeSvc {
     config: Arc<Config>,
     handlers: Arc<HandlerTable>,
+    pods: Arc<PodManager>,
     /// The pod CIDR last given by `UpdateRuntimeConfig`.
     pod_cidr: RwLock<String>,
 }
 
 impl RuntimeSvc {
-    pub fn new(config: Arc<Config>, handlers: Arc<HandlerTable>) -> Self {
+    pub fn new(config: Arc<Config>, handlers: Arc<HandlerTable>, pods: Arc<PodManager>) -> Self {
         RuntimeSvc {
             config,
             handlers,
+            pods,
             pod_cidr: RwLock::new(String::new()),
         }
     }
@@ -130,6 +133,176 @@ impl RuntimeService for RuntimeSvc {
                 cgroup_driver: cgroup_driver as i32,
             }),
         }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<proto::RunPodSandboxRequest>,
+    ) -> Result<Response<proto::RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request.config.ok_or_else(|| {
+            CriError::InvalidArgument("RunPodSandboxRequest.config is required".into())
+        })?;
+        let pod_sandbox_id = self
+            .pods
+            .run_pod(config, &request.runtime_handler)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::RunPodSandboxResponse {
+            pod_sandbox_id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<proto::StopPodSandboxRequest>,
+    ) -> Result<Response<proto::StopPodSandboxResponse>, Status> {
+        self.pods
+            .stop_pod(&request.into_inner().pod_sandbox_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<proto::RemovePodSandboxRequest>,
+    ) -> Result<Response<proto::RemovePodSandboxResponse>, Status> {
+        self.pods
+            .remove_pod(&request.into_inner().pod_sandbox_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<proto::PodSandboxStatusRequest>,
+    ) -> Result<Response<proto::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status = self
+            .pods
+            .pod_status(&request.pod_sandbox_id, request.verbose)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<proto::ListPodSandboxRequest>,
+    ) -> Result<Response<proto::ListPodSandboxResponse>, Status> {
+        let items = self.pods.list_pods(request.into_inner().filter).await;
+        Ok(Response::new(proto::ListPodSandboxResponse { items }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<proto::CreateContainerRequest>,
+    ) -> Result<Response<proto::CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let config = request.config.ok_or_else(|| {
+            CriError::InvalidArgument("CreateContainerRequest.config is required".into())
+        })?;
+        let container_id = self
+            .pods
+            .create_container(&request.pod_sandbox_id, config, request.sandbox_config)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::CreateContainerResponse {
+            container_id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<proto::StartContainerRequest>,
+    ) -> Result<Response<proto::StartContainerResponse>, Status> {
+        self.pods
+            .start_container(&request.into_inner().container_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<proto::StopContainerRequest>,
+    ) -> Result<Response<proto::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        self.pods
+            .stop_container(&request.container_id, request.timeout)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<proto::RemoveContainerRequest>,
+    ) -> Result<Response<proto::RemoveContainerResponse>, Status> {
+        self.pods
+            .remove_container(&request.into_inner().container_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::RemoveContainerResponse {}))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<proto::ListContainersRequest>,
+    ) -> Result<Response<proto::ListContainersResponse>, Status> {
+        let containers = self.pods.list_containers(request.into_inner().filter).await;
+        Ok(Response::new(proto::ListContainersResponse { containers }))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<proto::ContainerStatusRequest>,
+    ) -> Result<Response<proto::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let status = self
+            .pods
+            .container_status(&request.container_id, request.verbose)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(status))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<proto::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<proto::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        self.pods
+            .update_resources(&request.container_id, request.linux)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::UpdateContainerResourcesResponse {}))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<proto::ReopenContainerLogRequest>,
+    ) -> Result<Response<proto::ReopenContainerLogResponse>, Status> {
+        self.pods
+            .reopen_log(&request.into_inner().container_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::ReopenContainerLogResponse {}))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<proto::ExecSyncRequest>,
+    ) -> Result<Response<proto::ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let response = self
+            .pods
+            .exec_sync(&request.container_id, request.cmd, request.timeout)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(response))
     }
 
     async fn update_runtime_config(

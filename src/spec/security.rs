@@ -181,9 +181,11 @@ fn from_security_profile(what: &str, p: &proto::SecurityProfile) -> Result<Profi
     match ProfileType::try_from(p.profile_type) {
         Ok(ProfileType::RuntimeDefault) => Ok(Profile::RuntimeDefault),
         Ok(ProfileType::Unconfined) => Ok(Profile::Unconfined),
-        Ok(ProfileType::Localhost) if p.localhost_ref.is_empty() => Err(
-            SpecError::InvalidArgument(format!("{what} profile type Localhost needs a localhost_ref")),
-        ),
+        Ok(ProfileType::Localhost) if p.localhost_ref.is_empty() => {
+            Err(SpecError::InvalidArgument(format!(
+                "{what} profile type Localhost needs a localhost_ref"
+            )))
+        }
         Ok(ProfileType::Localhost) => Ok(Profile::Localhost(p.localhost_ref.clone())),
         Err(_) => Err(SpecError::InvalidArgument(format!(
             "unknown {what} profile type {}",
@@ -235,11 +237,20 @@ pub(crate) fn apparmor_choice(
 /// SELinux label from the CRI options; unset parts take the usual
 /// container defaults.
 pub(crate) fn selinux_labels(opts: &proto::SeLinuxOption) -> Option<(String, String)> {
-    if opts.user.is_empty() && opts.role.is_empty() && opts.r#type.is_empty() && opts.level.is_empty()
+    if opts.user.is_empty()
+        && opts.role.is_empty()
+        && opts.r#type.is_empty()
+        && opts.level.is_empty()
     {
         return None;
     }
-    let or = |v: &str, d: &str| if v.is_empty() { d.to_string() } else { v.to_string() };
+    let or = |v: &str, d: &str| {
+        if v.is_empty() {
+            d.to_string()
+        } else {
+            v.to_string()
+        }
+    };
     let user = or(&opts.user, "system_u");
     let level = or(&opts.level, "s0");
     let process = format!(

@@ -108,41 +108,38 @@ pub(crate) fn resolve_user(
     let group_entries = group.map(parse_group).unwrap_or_default();
 
     // The security context wins over the image's `User` as a whole.
-    let (user_part, group_part): (UserSpec, Option<String>) =
-        if let Some(uid) = request.run_as_user {
-            (UserSpec::Id(id(uid, "run_as_user")?), None)
-        } else if !request.run_as_username.is_empty() {
-            (UserSpec::Name(request.run_as_username.to_string()), None)
-        } else {
-            let (u, g) = match request.image_user.split_once(':') {
-                Some((u, g)) => (u, Some(g.to_string())),
-                None => (request.image_user, None),
-            };
-            let user = if u.is_empty() {
-                UserSpec::Id(0)
-            } else if let Ok(uid) = u.parse::<u32>() {
-                UserSpec::Id(uid)
-            } else {
-                UserSpec::Name(u.to_string())
-            };
-            (user, g.filter(|g| !g.is_empty()))
+    let (user_part, group_part): (UserSpec, Option<String>) = if let Some(uid) = request.run_as_user
+    {
+        (UserSpec::Id(id(uid, "run_as_user")?), None)
+    } else if !request.run_as_username.is_empty() {
+        (UserSpec::Name(request.run_as_username.to_string()), None)
+    } else {
+        let (u, g) = match request.image_user.split_once(':') {
+            Some((u, g)) => (u, Some(g.to_string())),
+            None => (request.image_user, None),
         };
+        let user = if u.is_empty() {
+            UserSpec::Id(0)
+        } else if let Ok(uid) = u.parse::<u32>() {
+            UserSpec::Id(uid)
+        } else {
+            UserSpec::Name(u.to_string())
+        };
+        (user, g.filter(|g| !g.is_empty()))
+    };
 
     let entry = match &user_part {
         UserSpec::Id(uid) => passwd_entries.iter().find(|e| e.uid == *uid),
-        UserSpec::Name(name) => Some(
-            passwd_entries
-                .iter()
-                .find(|e| &e.name == name)
-                .ok_or_else(|| {
-                    let why = if passwd.is_some() {
-                        "is not in the image's /etc/passwd"
-                    } else {
-                        "cannot be looked up: the image has no /etc/passwd"
-                    };
-                    SpecError::InvalidArgument(format!("user {name:?} {why}"))
-                })?,
-        ),
+        UserSpec::Name(name) => Some(passwd_entries.iter().find(|e| &e.name == name).ok_or_else(
+            || {
+                let why = if passwd.is_some() {
+                    "is not in the image's /etc/passwd"
+                } else {
+                    "cannot be looked up: the image has no /etc/passwd"
+                };
+                SpecError::InvalidArgument(format!("user {name:?} {why}"))
+            },
+        )?),
     };
     let uid = match &user_part {
         UserSpec::Id(uid) => *uid,

@@ -1,6 +1,8 @@
 //! The runtime handler table as the server uses it: each configured handler
 //! with the features its runtime reports.
 
+pub mod oci;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -13,6 +15,12 @@ use crate::config::{Config, DroppedHandler, Handler};
 const FEATURES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Recursive read-only mounts need `mount_setattr(2)`, Linux 5.12.
 const RRO_MIN_KERNEL: (u32, u32) = (5, 12);
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("runtime handler {name:?} is not configured; configured handlers: {configured}")]
+    NotConfigured { name: String, configured: String },
+}
 
 /// What a handler's runtime can do, as the CRI reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -63,6 +71,21 @@ impl HandlerTable {
             handlers,
             dropped: config.dropped_handlers.clone(),
         }
+    }
+
+    /// The handler a pod asked for: empty means the default.
+    pub fn resolve(&self, requested: &str) -> Result<&HandlerEntry, HandlerError> {
+        let name = if requested.is_empty() {
+            self.default_handler.as_str()
+        } else {
+            requested
+        };
+        self.handlers
+            .get(name)
+            .ok_or_else(|| HandlerError::NotConfigured {
+                name: name.to_string(),
+                configured: self.names().collect::<Vec<_>>().join(", "),
+            })
     }
 
     /// The names a pod may ask for, sorted.

@@ -328,6 +328,21 @@ async fn a_pod_with_containers_runs_under_each_handler() {
                 .all(|l| !l.contains("sleep 30")),
             "the timed-out command was killed"
         );
+        let zombies = node
+            .out(
+                &app,
+                &[
+                    "sh",
+                    "-c",
+                    "cat /proc/[0-9]*/status | grep -c '^State:.Z' || true",
+                ],
+            )
+            .await;
+        assert_eq!(
+            zombies.trim(),
+            "0",
+            "the killed command was reaped, not left a zombie"
+        );
 
         // Logs in the CRI format.
         let log = PathBuf::from(node.pod_config(&pod_name).log_directory).join("app.log");

@@ -103,6 +103,8 @@ pub struct PodManager {
     handlers: Arc<HandlerTable>,
     images: Arc<ImageStore>,
     host: spec::HostInfo,
+    /// rcri's own capability bounding set: no container gets more.
+    capability_bound: u64,
     monitor_exe: PathBuf,
     pause_rootfs: PathBuf,
     tables: Mutex<Tables>,
@@ -170,6 +172,7 @@ impl PodManager {
         );
         let manager = PodManager {
             host: host_info(),
+            capability_bound: own_capabilities("CapBnd").unwrap_or(u64::MAX),
             config,
             handlers,
             images,
@@ -347,7 +350,7 @@ impl PodManager {
             .unwrap_or_default();
         let handler_options =
             spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
-        let spec = spec::sandbox_spec(&spec::SandboxSpecInput {
+        let mut spec = spec::sandbox_spec(&spec::SandboxSpecInput {
             sandbox_id: id,
             config,
             rootfs: &self.pause_rootfs,
@@ -358,6 +361,7 @@ impl PodManager {
             handler: &handler_options,
             host: &self.host,
         })?;
+        restrict_capabilities(&mut spec, self.capability_bound);
         let runtime = OciRuntime::new(&handler.config);
         let started = self
             .create_and_start(
@@ -462,6 +466,7 @@ impl PodManager {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(monitor_log)
+            .current_dir("/")
             .process_group(0)
             .spawn()
             .map_err(io_error("start the monitor", &self.monitor_exe))?;
@@ -881,7 +886,7 @@ impl PodManager {
         };
         let handler_options =
             spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
-        let oci_spec = spec::container_spec(&spec::ContainerSpecInput {
+        let mut oci_spec = spec::container_spec(&spec::ContainerSpecInput {
             container_id: id,
             sandbox_id: &pod.id,
             config,
@@ -898,6 +903,7 @@ impl PodManager {
             host: &self.host,
             seccomp_localhost_profile: seccomp_profile.as_deref(),
         })?;
+        restrict_capabilities(&mut oci_spec, self.capability_bound);
         let log_path = match (pod_config.log_directory.as_str(), config.log_path.as_str()) {
             ("", _) | (_, "") => String::new(),
             (dir, file) => Path::new(dir).join(file).display().to_string(),
@@ -1060,7 +1066,11 @@ impl PodManager {
     }
 
     pub async fn stop_container(&self, id: &str, timeout_secs: i64) -> Result<(), PodError> {
-        let container = self.refresh_container(id).await?;
+        let container = match self.refresh_container(id).await {
+            // Stopping what is gone succeeds: the CRI asks for idempotence.
+            Err(PodError::NotFound(_)) => return Ok(()),
+            other => other?,
+        };
         let lock = self.lock_for(&container.id);
         let _guard = lock.lock().await;
         if container.state == ContainerState::Exited {
@@ -1260,23 +1270,21 @@ impl PodManager {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let child = command
+        let mut child = command
             .spawn()
             .map_err(io_error("run the runtime", &runtime.path))?;
-        let output = child.wait_with_output();
-        let result = if timeout_secs > 0 {
-            tokio::time::timeout(Duration::from_secs(timeout_secs as u64), output).await
+        let stdout = tokio::spawn(read_capped(child.stdout.take()));
+        let stderr = tokio::spawn(read_capped(child.stderr.take()));
+        let waited = if timeout_secs > 0 {
+            tokio::time::timeout(Duration::from_secs(timeout_secs as u64), child.wait()).await
         } else {
-            Ok(output.await)
+            Ok(child.wait().await)
         };
-        let cleanup = |paths: [PathBuf; 2]| async move {
-            for path in paths {
-                let _ = tokio::fs::remove_file(path).await;
-            }
-        };
-        match result {
+        let status = match waited {
+            Ok(status) => status,
             Err(_) => {
-                // Kill what runs in the container; dropping the future killed the runtime.
+                // Kill the command first, so the runtime reaps it and no
+                // zombie stays behind in the container, then the runtime.
                 if let Ok(pid) = tokio::fs::read_to_string(&pid_path).await
                     && let Ok(pid) = pid.trim().parse::<i32>()
                 {
@@ -1285,30 +1293,27 @@ impl PodManager {
                         nix::sys::signal::Signal::SIGKILL,
                     );
                 }
-                cleanup([process_path, pid_path]).await;
-                Err(PodError::DeadlineExceeded(format!(
+                if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+                remove_files(&[process_path, pid_path]).await;
+                return Err(PodError::DeadlineExceeded(format!(
                     "command {cmd_text:?} in container {} timed out after {timeout_secs}s and was killed",
                     container.id
-                )))
+                )));
             }
-            Ok(Err(e)) => {
-                cleanup([process_path, pid_path]).await;
-                Err(PodError::Internal(format!("exec in {}: {e}", container.id)))
-            }
-            Ok(Ok(output)) => {
-                cleanup([process_path, pid_path]).await;
-                let mut stdout = output.stdout;
-                let mut stderr = output.stderr;
-                stdout.truncate(MAX_EXEC_OUTPUT);
-                stderr.truncate(MAX_EXEC_OUTPUT);
-                let exit_code = output.status.code().unwrap_or(255);
-                Ok(proto::ExecSyncResponse {
-                    stdout,
-                    stderr,
-                    exit_code,
-                })
-            }
-        }
+        };
+        remove_files(&[process_path, pid_path]).await;
+        let status =
+            status.map_err(|e| PodError::Internal(format!("exec in {}: {e}", container.id)))?;
+        Ok(proto::ExecSyncResponse {
+            stdout: stdout.await.unwrap_or_default(),
+            stderr: stderr.await.unwrap_or_default(),
+            exit_code: status.code().unwrap_or(255),
+        })
     }
 
     pub async fn reopen_log(&self, id: &str) -> Result<(), PodError> {
@@ -1369,6 +1374,30 @@ impl PodManager {
             }));
         }
         Ok(())
+    }
+}
+
+/// Reads a pipe to its end, keeping at most MAX_EXEC_OUTPUT bytes.
+async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Some(mut pipe) = pipe else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    while let Ok(n) = pipe.read(&mut buffer).await {
+        if n == 0 {
+            break;
+        }
+        let room = MAX_EXEC_OUTPUT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buffer[..n.min(room)]);
+    }
+    kept
+}
+
+async fn remove_files(paths: &[PathBuf]) {
+    for path in paths {
+        let _ = tokio::fs::remove_file(path).await;
     }
 }
 
@@ -1489,15 +1518,85 @@ fn host_info() -> spec::HostInfo {
 
 fn has_sys_resource() -> bool {
     const CAP_SYS_RESOURCE: u32 = 24;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+    own_capabilities("CapEff").is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// One of rcri's capability sets from /proc/self/status (`CapEff`, `CapBnd`).
+fn own_capabilities(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// Capability names by number, as the kernel numbers them.
+const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// Drops capabilities rcri itself cannot grant (a privileged container on a
+/// host that withholds some from rcri would otherwise fail to start), as
+/// other runtimes do with their own set.
+fn restrict_capabilities(spec: &mut oci::Spec, bound: u64) {
+    let held = |name: &String| {
+        let bare = name.trim_start_matches("CAP_");
+        CAPABILITIES
+            .iter()
+            .position(|c| *c == bare)
+            .is_none_or(|bit| bit >= 64 || bound & (1 << bit) != 0)
+    };
+    if let Some(caps) = spec.process.as_mut().and_then(|p| p.capabilities.as_mut()) {
+        for set in [
+            &mut caps.bounding,
+            &mut caps.effective,
+            &mut caps.permitted,
+            &mut caps.inheritable,
+            &mut caps.ambient,
+        ] {
+            set.retain(held);
+        }
+    }
 }
 
 /// Writes the built-in pause program into its own tiny rootfs.

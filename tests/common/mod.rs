@@ -2,6 +2,7 @@
 //! a private socket and state directory and talks to it through a client
 //! generated from our own proto.
 #![allow(dead_code)]
+pub mod node;
 pub mod registry;
 
 use std::os::unix::fs::PermissionsExt;

@@ -549,16 +549,7 @@ impl PodManager {
         if let Err(e) = runtime.delete(id, true).await {
             tracing::warn!(pod = %id, error = %e, "runtime delete failed");
         }
-        let (run_dir, state_dir) = (self.pod_run_dir(id), self.pod_state_dir(id));
-        let _ = blocking(move || {
-            for dir in [&run_dir, &state_dir] {
-                if let Err(e) = crate::fsutil::remove_tree(dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove");
-                }
-            }
-            Ok(())
-        })
-        .await;
+        remove_trees([self.pod_run_dir(id), self.pod_state_dir(id)]).await;
     }
 
     fn resolve_pod_id(tables: &Tables, id: &str) -> Option<String> {
@@ -575,19 +566,23 @@ impl PodManager {
         unique_prefix(tables.containers.keys(), id)
     }
 
+    /// A pod and the ids of its containers.
+    async fn pod_and_containers(&self, id: &str) -> Option<(PodRecord, Vec<String>)> {
+        let tables = self.tables.lock().await;
+        let id = Self::resolve_pod_id(&tables, id)?;
+        let containers = tables
+            .containers
+            .values()
+            .filter(|c| c.pod_id == id)
+            .map(|c| c.id.clone())
+            .collect();
+        Some((tables.pods[&id].clone(), containers))
+    }
+
     pub async fn stop_pod(&self, id: &str) -> Result<(), PodError> {
-        let (pod, containers) = {
-            let tables = self.tables.lock().await;
-            let Some(id) = Self::resolve_pod_id(&tables, id) else {
-                return Ok(()); // The CRI wants Stop to be idempotent.
-            };
-            let containers: Vec<String> = tables
-                .containers
-                .values()
-                .filter(|c| c.pod_id == id)
-                .map(|c| c.id.clone())
-                .collect();
-            (tables.pods[&id].clone(), containers)
+        // Stopping (and removing) what is gone succeeds: the CRI asks for idempotence.
+        let Some((pod, containers)) = self.pod_and_containers(id).await else {
+            return Ok(());
         };
         for container in containers {
             self.stop_container(&container, 0).await?;
@@ -613,18 +608,8 @@ impl PodManager {
     }
 
     pub async fn remove_pod(&self, id: &str) -> Result<(), PodError> {
-        let (pod, containers) = {
-            let tables = self.tables.lock().await;
-            let Some(id) = Self::resolve_pod_id(&tables, id) else {
-                return Ok(());
-            };
-            let containers: Vec<String> = tables
-                .containers
-                .values()
-                .filter(|c| c.pod_id == id)
-                .map(|c| c.id.clone())
-                .collect();
-            (tables.pods[&id].clone(), containers)
+        let Some((pod, containers)) = self.pod_and_containers(id).await else {
+            return Ok(());
         };
         for container in containers {
             self.remove_container(&container).await?;
@@ -951,16 +936,7 @@ impl PodManager {
     }
 
     async fn remove_container_files(&self, id: &str) {
-        let (run_dir, state_dir) = (self.container_run_dir(id), self.container_state_dir(id));
-        let _ = blocking(move || {
-            for dir in [&state_dir, &run_dir] {
-                if let Err(e) = crate::fsutil::remove_tree(dir) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "cannot remove");
-                }
-            }
-            Ok(())
-        })
-        .await;
+        remove_trees([self.container_state_dir(id), self.container_run_dir(id)]).await;
         if let Err(e) = self.images.release_layers(id).await {
             tracing::warn!(container = %id, error = %e, "cannot release image layers");
         }
@@ -1393,6 +1369,20 @@ async fn read_capped(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8>
         kept.extend_from_slice(&buffer[..n.min(room)]);
     }
     kept
+}
+
+/// Removes directories (unmounting what is mounted inside first); failures
+/// are logged, as there is nothing better to do during clean-up.
+async fn remove_trees(dirs: [PathBuf; 2]) {
+    let _ = blocking(move || {
+        for dir in &dirs {
+            if let Err(e) = crate::fsutil::remove_tree(dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot remove");
+            }
+        }
+        Ok(())
+    })
+    .await;
 }
 
 async fn remove_files(paths: &[PathBuf]) {

@@ -254,3 +254,26 @@ pub fn processes_mentioning(text: &str) -> Vec<String> {
 pub fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+impl Node {
+    /// Pushes `image` to the node's registry as `test/<name>:1`, pulls it and
+    /// returns its reference, for a container config's `image`.
+    pub async fn add_image(&self, name: &str, image: &ImageBuilder) -> String {
+        let repo = format!("test/{name}");
+        self._registry.push(&repo, "1", &image.build_oci()).await;
+        let reference = self._registry.reference(&repo, "1");
+        self.server
+            .images()
+            .await
+            .pull_image(proto::PullImageRequest {
+                image: Some(proto::ImageSpec {
+                    image: reference.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        reference
+    }
+}

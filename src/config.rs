@@ -89,6 +89,17 @@ pub struct Handler {
     pub allowed_annotations: Vec<String>,
 }
 
+const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+const DEFAULT_CNI_BIN_DIRS: [&str; 2] = ["/opt/cni/bin", "/usr/lib/cni"];
+
+/// Where the pod network's CNI configuration and plugins are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkConfig {
+    /// The first valid `.conflist`/`.conf` here, in name order, is the pod network.
+    pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+}
+
 /// How images are pulled from one registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RegistryConfig {
@@ -131,6 +142,7 @@ pub struct Config {
     /// Per-registry pull settings, keyed by the registry's name in image
     /// references (`docker.io`, `registry.k8s.io`, `127.0.0.1:5000`).
     pub registries: BTreeMap<String, RegistryConfig>,
+    pub network: NetworkConfig,
     /// Files read, in order (or `<embedded default>`).
     pub sources: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -305,6 +317,14 @@ struct FileConfig {
     handlers: BTreeMap<Spanned<String>, FileHandler>,
     #[serde(default)]
     registries: BTreeMap<Spanned<String>, FileRegistry>,
+    network: Option<FileNetwork>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNetwork {
+    cni_conf_dir: Option<Spanned<PathBuf>>,
+    cni_bin_dirs: Option<Spanned<Vec<PathBuf>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +399,8 @@ struct MergedConfig {
     log_level: Set<String>,
     handlers: BTreeMap<String, MergedHandler>,
     registries: BTreeMap<String, MergedRegistry>,
+    cni_conf_dir: Set<PathBuf>,
+    cni_bin_dirs: Set<Vec<PathBuf>>,
 }
 
 #[derive(Default)]
@@ -406,6 +428,10 @@ impl MergedConfig {
         override_with(&mut self.cgroup_driver, src.take(file.cgroup_driver));
         override_with(&mut self.default_handler, src.take(file.default_handler));
         override_with(&mut self.log_level, src.take(file.log_level));
+        if let Some(network) = file.network {
+            override_with(&mut self.cni_conf_dir, src.take(network.cni_conf_dir));
+            override_with(&mut self.cni_bin_dirs, src.take(network.cni_bin_dirs));
+        }
         for (name, r) in file.registries {
             let merged = self.registries.entry(name.into_inner()).or_default();
             override_with(&mut merged.mirrors, src.take(r.mirrors));
@@ -453,6 +479,11 @@ impl MergedConfig {
         let socket = absolute_dir("socket", self.socket, "/run/rcri/rcri.sock");
         let state_dir = absolute_dir("state_dir", self.state_dir, "/var/lib/rcri");
         let run_dir = absolute_dir("run_dir", self.run_dir, "/run/rcri");
+        let cni_conf_dir = absolute_dir(
+            "network.cni_conf_dir",
+            self.cni_conf_dir,
+            DEFAULT_CNI_CONF_DIR,
+        );
         let cgroup_driver = self.cgroup_driver.map(|(d, _)| d).unwrap_or_default();
         let log_level = self.log_level.map(|(level, origin)| {
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
@@ -463,6 +494,18 @@ impl MergedConfig {
             level
         });
 
+        let cni_bin_dirs = match self.cni_bin_dirs {
+            Some((dirs, origin)) => {
+                for dir in dirs.iter().filter(|d| !d.is_absolute()) {
+                    errors.push(ConfigError(format!(
+                        "{origin}: network.cni_bin_dirs entry {:?} must be an absolute path",
+                        dir.display().to_string()
+                    )));
+                }
+                dirs
+            }
+            None => DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+        };
         let mut registries = BTreeMap::new();
         for (host, merged) in self.registries {
             let (mirrors, origin) = merged
@@ -557,6 +600,10 @@ impl MergedConfig {
             default_handler,
             handlers,
             registries,
+            network: NetworkConfig {
+                cni_conf_dir,
+                cni_bin_dirs,
+            },
             sources,
             dropped_handlers,
         })
@@ -717,6 +764,7 @@ impl Config {
             handlers: BTreeMap<&'a str, ShownHandler<'a>>,
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             registries: &'a BTreeMap<String, RegistryConfig>,
+            network: &'a NetworkConfig,
         }
         #[derive(Serialize)]
         struct ShownHandler<'a> {
@@ -752,6 +800,7 @@ impl Config {
                 })
                 .collect(),
             registries: &self.registries,
+            network: &self.network,
         };
         toml::to_string(&shown).expect("the effective configuration serializes to TOML")
     }

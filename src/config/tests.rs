@@ -444,3 +444,28 @@ fn registries_merge_and_mirrors_must_be_urls() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn network_settings_default_and_must_be_absolute() {
+    let path = FakePath::with(&["runc"]);
+    let config = Config::from_texts(&[embedded()], &path.env()).unwrap();
+    assert_eq!(config.network.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+    assert_eq!(
+        config.network.cni_bin_dirs,
+        [PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
+    );
+    let errors = refused(Config::from_texts(
+        &texts(&[(
+            "r.toml",
+            "[network]\ncni_conf_dir = \"net.d\"\ncni_bin_dirs = [\"/x\", \"bin\"]\n",
+        )]),
+        &path.env(),
+    ));
+    assert_eq!(
+        errors,
+        [
+            "r.toml:2: network.cni_conf_dir = \"net.d\" must be an absolute path",
+            "r.toml:3: network.cni_bin_dirs entry \"bin\" must be an absolute path"
+        ]
+    );
+}

@@ -10,6 +10,7 @@
 //! The pause container of a pod has the pod's id as its OCI id.
 
 mod files;
+mod netns;
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
@@ -311,7 +312,9 @@ impl PodManager {
         let run_dir = self.pod_run_dir(id);
         let state_dir = self.pod_state_dir(id);
         let shm = run_dir.join("shm");
+        let netns = (!host_network).then(|| run_dir.join("netns"));
         {
+            let netns = netns.clone();
             let (run_dir, state_dir, shm, config) = (
                 run_dir.clone(),
                 state_dir.clone(),
@@ -323,6 +326,10 @@ impl PodManager {
                 std::fs::create_dir_all(&shm).map_err(io_error("create", &shm))?;
                 files::write_pod_files(&run_dir, &config, host_network)
                     .map_err(io_error("write pod files in", &run_dir))?;
+                if let Some(netns) = &netns {
+                    netns::create(netns)
+                        .map_err(io_error("create the network namespace", netns))?;
+                }
                 if !host_ipc {
                     nix::mount::mount(
                         Some("shm"),
@@ -355,7 +362,7 @@ impl PodManager {
             config,
             rootfs: &self.pause_rootfs,
             pause_path: PAUSE_PATH,
-            netns_path: None,
+            netns_path: netns.as_deref(),
             cgroup_parent: &cgroup_parent,
             cgroup_driver: self.config.cgroup_driver,
             handler: &handler_options,
@@ -384,6 +391,7 @@ impl PodManager {
             monitor_pid: started.monitor_pid,
             cgroup_parent,
             shm_mounted: !host_ipc,
+            netns,
         };
         self.save_pod(&pod).await?;
         Ok(pod)
@@ -845,8 +853,12 @@ impl PodManager {
                 )))
             }
         };
+        let network = match &pod.netns {
+            Some(path) => spec::NamespaceSource::Path(path.clone()),
+            None => ns("net", options.network),
+        };
         let namespaces = spec::PodNamespaces {
-            network: ns("net", options.network),
+            network,
             ipc: ns("ipc", options.ipc),
             uts: ns("uts", options.network),
             pid: ns("pid", options.pid),

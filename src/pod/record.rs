@@ -69,6 +69,9 @@ pub struct PodRecord {
     pub cgroup_parent: String,
     /// The pod's own /dev/shm tmpfs is mounted.
     pub shm_mounted: bool,
+    /// The pinned network namespace; none for host-network pods.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 impl PodRecord {
@@ -195,6 +198,7 @@ mod tests {
             monitor_pid: 41,
             cgroup_parent: "/rcri".into(),
             shm_mounted: true,
+            netns: None,
         };
         let pod_dir = dir.path().join(&record.id);
         std::fs::create_dir(&pod_dir).unwrap();

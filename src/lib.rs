@@ -7,6 +7,7 @@ pub mod fsutil;
 pub mod handler;
 pub mod image;
 pub mod monitor;
+pub mod network;
 pub mod pod;
 pub mod server;
 pub mod spec;

@@ -97,7 +97,7 @@ fn config_check_prints_every_error_and_exits_1() {
     assert_eq!(output.status.code(), Some(1));
     let errors = stderr(&output);
     assert!(
-        errors.contains(&format!("{}:4:1: unknown field `colour`", main.display())),
+        errors.contains(&format!("{}:5:1: unknown field `colour`", main.display())),
         "{errors}"
     );
     assert!(

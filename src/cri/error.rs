@@ -86,6 +86,7 @@ impl From<PodError> for CriError {
             PodError::Runtime(_)
             | PodError::Rootfs(_)
             | PodError::Io { .. }
+            | PodError::Network(_)
             | PodError::Internal(_) => CriError::Internal(message),
         }
     }

@@ -100,11 +100,19 @@ impl RuntimeService for RuntimeSvc {
                 reason: String::new(),
                 message: String::new(),
             },
-            proto::RuntimeCondition {
-                r#type: "NetworkReady".to_string(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_string(),
-                message: "rcri does not set up pod networks (CNI) yet".to_string(),
+            match self.pods.network_status() {
+                Ok(_) => proto::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err(why) => proto::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: false,
+                    reason: "NetworkPluginNotReady".to_string(),
+                    message: format!("Network plugin returns error: {why}"),
+                },
             },
         ];
         let info = if request.get_ref().verbose {

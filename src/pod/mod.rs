@@ -27,6 +27,7 @@ use crate::handler::{HandlerEntry, HandlerTable};
 use crate::image::rootfs::{self, RootfsError, RootfsLayout};
 use crate::image::store::{ImageStore, StoreError};
 use crate::monitor::{self, MonitorConfig, SyncReply};
+use crate::network::{self, AttachRequest, Cni, CniConfig};
 use crate::proto;
 use crate::spec::{self, SpecError, oci};
 use record::{ContainerRecord, ContainerState, Encoded, PodRecord, PodState, now_nanos};
@@ -69,6 +70,8 @@ pub enum PodError {
         source: std::io::Error,
     },
     #[error("{0}")]
+    Network(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -104,6 +107,7 @@ pub struct PodManager {
     handlers: Arc<HandlerTable>,
     images: Arc<ImageStore>,
     host: spec::HostInfo,
+    cni: Cni,
     /// rcri's own capability bounding set: no container gets more.
     capability_bound: u64,
     monitor_exe: PathBuf,
@@ -173,6 +177,10 @@ impl PodManager {
         );
         let manager = PodManager {
             host: host_info(),
+            cni: Cni::new(CniConfig {
+                conf_dir: config.network.cni_conf_dir.clone(),
+                bin_dirs: config.network.cni_bin_dirs.clone(),
+            }),
             capability_bound: own_capabilities("CapBnd").unwrap_or(u64::MAX),
             config,
             handlers,
@@ -291,6 +299,10 @@ impl PodManager {
             }
             Err(e) => {
                 tracing::warn!(pod = %id, error = %e, "pod creation failed; rolling back");
+                let netns = self.pod_run_dir(&id).join("netns");
+                if netns.exists() {
+                    self.detach_network(&id, &config, &netns, None).await;
+                }
                 self.destroy_pod_files(&id, &OciRuntime::new(&handler.config))
                     .await;
                 self.tables.lock().await.names.remove(&key);
@@ -350,6 +362,10 @@ impl PodManager {
             })
             .await?;
         }
+        let attachment = match &netns {
+            Some(netns) => self.attach_network(id, config, netns).await?,
+            None => None,
+        };
         let cgroup_parent = config
             .linux
             .as_ref()
@@ -392,6 +408,7 @@ impl PodManager {
             cgroup_parent,
             shm_mounted: !host_ipc,
             netns,
+            network: attachment,
         };
         self.save_pod(&pod).await?;
         Ok(pod)
@@ -552,6 +569,58 @@ impl PodManager {
         self.save_pod(&pod).await
     }
 
+    /// Whether the pod network is usable, and if not why.
+    pub fn network_status(&self) -> Result<String, String> {
+        self.cni.network_status()
+    }
+
+    /// CNI ADD for a new pod. Without a usable network configuration the
+    /// pod keeps a namespace with only loopback (the node reports
+    /// NetworkReady=false, so the kubelet starts no such pods meanwhile).
+    async fn attach_network(
+        &self,
+        id: &str,
+        config: &proto::PodSandboxConfig,
+        netns: &Path,
+    ) -> Result<Option<record::NetworkAttachment>, PodError> {
+        if let Err(why) = self.cni.network_status() {
+            tracing::warn!(pod = %id, reason = %why, "no pod network: the pod gets loopback only");
+            return Ok(None);
+        }
+        let result = self
+            .cni
+            .add(&attach_request(id, config, netns))
+            .await
+            .map_err(|e| PodError::Network(e.to_string()))?;
+        tracing::info!(pod = %id, ips = ?result.pod_ips(), network = %result.network_name, "pod network attached");
+        Ok(Some(record::NetworkAttachment {
+            ips: result.pod_ips().iter().map(|ip| ip.to_string()).collect(),
+            result_json: result.result_json,
+            config_json: result.config_json,
+        }))
+    }
+
+    /// CNI DEL, best effort: failures are logged (the kubelet retries stops).
+    async fn detach_network(
+        &self,
+        id: &str,
+        config: &proto::PodSandboxConfig,
+        netns: &Path,
+        attachment: Option<&record::NetworkAttachment>,
+    ) {
+        let result = self
+            .cni
+            .del(
+                &attach_request(id, config, netns),
+                attachment.map(|a| a.config_json.as_str()),
+                attachment.map(|a| a.result_json.as_str()),
+            )
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(pod = %id, error = %e, "CNI DEL failed");
+        }
+    }
+
     /// Removes what a pod creation made: runtime container, mounts, dirs.
     async fn destroy_pod_files(&self, id: &str, runtime: &OciRuntime) {
         if let Err(e) = runtime.delete(id, true).await {
@@ -601,6 +670,11 @@ impl PodManager {
         if self.exit_of_pod(&pod.id).is_none() {
             let _ = runtime.kill(&pod.id, "KILL", false).await;
             self.wait_exit(&self.pod_state_dir(&pod.id).join("exit.json"), KILL_WAIT)
+                .await;
+        }
+        if let Some(netns) = &pod.netns {
+            // Every stop runs DEL again: the CNI asks plugins to tolerate it.
+            self.detach_network(&pod.id, &pod.config(), netns, pod.network.as_ref())
                 .await;
         }
         if pod.shm_mounted {
@@ -677,7 +751,7 @@ impl PodManager {
                 metadata: config.metadata.clone(),
                 state: pod_state_value(pod.state) as i32,
                 created_at: pod.created_at,
-                network: Some(proto::PodSandboxNetworkStatus::default()),
+                network: Some(network_status_of(pod)),
                 linux: Some(proto::LinuxPodSandboxStatus {
                     namespaces: Some(proto::Namespace {
                         options: Some(namespace_options(&config)),
@@ -1362,6 +1436,55 @@ impl PodManager {
             }));
         }
         Ok(())
+    }
+}
+
+/// What CNI needs to know of a pod.
+fn attach_request(id: &str, config: &proto::PodSandboxConfig, netns: &Path) -> AttachRequest {
+    let metadata = config.metadata.clone().unwrap_or_default();
+    AttachRequest {
+        container_id: id.to_string(),
+        netns: netns.to_path_buf(),
+        ifname: "eth0".to_string(),
+        pod_name: metadata.name,
+        pod_namespace: metadata.namespace,
+        pod_uid: metadata.uid,
+        port_mappings: config
+            .port_mappings
+            .iter()
+            .filter(|p| p.host_port > 0)
+            .map(|p| network::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: match proto::Protocol::try_from(p.protocol) {
+                    Ok(proto::Protocol::Udp) => "udp",
+                    Ok(proto::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                }
+                .to_string(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
+        dns: config.dns_config.as_ref().map(|d| network::Dns {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
+        bandwidth: None,
+    }
+}
+
+/// The pod's addresses as the CRI reports them: the first as `ip`.
+fn network_status_of(pod: &PodRecord) -> proto::PodSandboxNetworkStatus {
+    let ips = pod
+        .network
+        .as_ref()
+        .map(|n| n.ips.clone())
+        .unwrap_or_default();
+    let mut ips = ips.into_iter();
+    proto::PodSandboxNetworkStatus {
+        ip: ips.next().unwrap_or_default(),
+        additional_ips: ips.map(|ip| proto::PodIp { ip }).collect(),
     }
 }
 

@@ -72,6 +72,17 @@ pub struct PodRecord {
     /// The pinned network namespace; none for host-network pods.
     #[serde(default)]
     pub netns: Option<PathBuf>,
+    /// What CNI ADD gave the pod, kept for status and for DEL after a restart.
+    #[serde(default)]
+    pub network: Option<NetworkAttachment>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkAttachment {
+    /// Addresses, the first reported as the pod's `ip`.
+    pub ips: Vec<String>,
+    pub result_json: String,
+    pub config_json: String,
 }
 
 impl PodRecord {
@@ -199,6 +210,7 @@ mod tests {
             cgroup_parent: "/rcri".into(),
             shm_mounted: true,
             netns: None,
+            network: None,
         };
         let pod_dir = dir.path().join(&record.id);
         std::fs::create_dir(&pod_dir).unwrap();

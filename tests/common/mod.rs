@@ -58,14 +58,21 @@ impl Sandbox {
         self.path().join("rcri.toml")
     }
 
-    /// The global keys pointing every path into the sandbox.
+    /// The global keys pointing every path into the sandbox (CNI configs
+    /// too: `cni_dir()`, empty unless a test writes one).
     pub fn base_config(&self) -> String {
         format!(
-            "socket = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\n",
+            "socket = \"{}\"\nstate_dir = \"{}\"\nrun_dir = \"{}\"\nnetwork.cni_conf_dir = \"{}\"\n",
             self.socket().display(),
             self.path().join("state").display(),
-            self.path().join("run").display()
+            self.path().join("run").display(),
+            self.cni_dir().display()
         )
+    }
+
+    /// The CNI configuration directory of this rcri.
+    pub fn cni_dir(&self) -> PathBuf {
+        self.path().join("net.d")
     }
 
     /// Writes `rcri.toml`: the sandbox paths plus `rest`.

@@ -6,7 +6,7 @@ set -euo pipefail
 
 mode=${1:-run}
 run_packages=(runc crun libc6-dev)
-test_packages=(runc crun libc6-dev containernetworking-plugins docker-registry busybox-static zstd iproute2 util-linux procps)
+test_packages=(runc crun libc6-dev containernetworking-plugins iptables docker-registry busybox-static zstd iproute2 util-linux procps)
 
 die() { echo "setup-host: $*" >&2; exit 1; }
 

@@ -8,11 +8,14 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node, read_log};
-use common::registry::{ImageBuilder, Layer};
+use common::registry::{ImageBuilder, Layer, block_on};
+use rcri::proto::runtime_service_client::RuntimeServiceClient;
 use rcri::proto::{self, NamespaceMode, security_profile::ProfileType};
+use tonic::transport::Endpoint;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -25,6 +28,61 @@ const DEFAULT_CAP_MASK: &str = "00000000a80425fb";
 const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SYS_RESOURCE: u64 = 1 << 24;
 const MIB: i64 = 1024 * 1024;
+
+/// Removes the pods of a test that panicked: their monitors outlive rcri, so
+/// without this a failure would leave containers, mounts and cgroups behind.
+struct Leftovers {
+    socket: PathBuf,
+    pods: Mutex<Vec<String>>,
+}
+
+impl Leftovers {
+    fn new(node: &Node) -> Leftovers {
+        Leftovers {
+            socket: node.server.socket.clone(),
+            pods: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn track(&self, pod: &str) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pod.to_string());
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let pods = std::mem::take(&mut *self.pods.lock().unwrap_or_else(|e| e.into_inner()));
+        let socket = self.socket.clone();
+        block_on(async move {
+            let Ok(channel) = Endpoint::from_shared(format!("unix://{}", socket.display()))
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return;
+            };
+            let mut client = RuntimeServiceClient::new(channel);
+            for pod in pods {
+                let _ = client
+                    .stop_pod_sandbox(proto::StopPodSandboxRequest {
+                        pod_sandbox_id: pod.clone(),
+                    })
+                    .await;
+                let _ = client
+                    .remove_pod_sandbox(proto::RemovePodSandboxRequest {
+                        pod_sandbox_id: pod,
+                    })
+                    .await;
+            }
+        });
+    }
+}
 
 fn security(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerSecurityContext {
     config
@@ -163,6 +221,7 @@ fn host(cmd: &str, args: &[&str]) {
 #[tokio::test]
 async fn user_group_and_supplemental_groups_come_from_the_cri_and_the_image() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let image = node
         .add_image(
             "users",
@@ -187,6 +246,7 @@ async fn user_group_and_supplemental_groups_come_from_the_cri_and_the_image() {
         .await;
     for handler in HANDLERS {
         let pod = node.run_pod(&format!("users-{handler}"), handler).await;
+        leftovers.track(&pod);
         let with_image = |name: &str| {
             let mut config = own_pid_namespace(node.container_config(name, "exec sleep 1000"));
             config.image.as_mut().unwrap().image = image.clone();
@@ -261,6 +321,7 @@ async fn user_group_and_supplemental_groups_come_from_the_cri_and_the_image() {
 #[tokio::test]
 async fn readonly_rootfs_environment_and_working_dir() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let image = node
         .add_image(
             "env",
@@ -274,6 +335,7 @@ async fn readonly_rootfs_environment_and_working_dir() {
     for handler in HANDLERS {
         let pod_name = format!("env-{handler}");
         let pod = node.run_pod(&pod_name, handler).await;
+        leftovers.track(&pod);
 
         let mut config = own_pid_namespace(node.container_config("ro", "exec sleep 1000"));
         config.image.as_mut().unwrap().image = image.clone();
@@ -353,11 +415,13 @@ async fn readonly_rootfs_environment_and_working_dir() {
 #[tokio::test]
 async fn capabilities_no_new_privs_and_privileged() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let own_bounding = own_status_field("CapBnd");
     for handler in HANDLERS {
         let mut pod_config = node.pod_config(&format!("caps-{handler}"));
         pod_security(&mut pod_config).privileged = true;
         let pod = run_pod_config(&node, pod_config, handler).await;
+        leftovers.track(&pod);
         let cases: [(&str, &[&str], &[&str], String); 4] = [
             ("default", &[], &[], DEFAULT_CAP_MASK.to_string()),
             (
@@ -438,6 +502,7 @@ async fn capabilities_no_new_privs_and_privileged() {
 #[tokio::test]
 async fn resources_oom_score_adj_and_updates_reach_the_cgroup() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let own_oom: i64 = std::fs::read_to_string("/proc/self/oom_score_adj")
         .unwrap()
         .trim()
@@ -452,6 +517,7 @@ async fn resources_oom_score_adj_and_updates_reach_the_cgroup() {
     let hugetlb_2m = Path::new("/sys/fs/cgroup/hugetlb/hugetlb.2MB.limit_in_bytes").exists();
     for handler in HANDLERS {
         let pod = node.run_pod(&format!("res-{handler}"), handler).await;
+        leftovers.track(&pod);
         let mut config = own_pid_namespace(node.container_config("limited", "exec sleep 1000"));
         let r = resources(&mut config);
         r.memory_limit_in_bytes = 64 * MIB;
@@ -585,8 +651,10 @@ async fn resources_oom_score_adj_and_updates_reach_the_cgroup() {
 #[tokio::test]
 async fn a_container_over_its_memory_limit_is_oom_killed() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     for handler in HANDLERS {
         let pod = node.run_pod(&format!("oom-{handler}"), handler).await;
+        leftovers.track(&pod);
         // The shell keeps the whole command substitution in memory.
         let mut config =
             node.container_config("hog", "x=$(yes | head -c 200000000); echo survived");
@@ -648,9 +716,11 @@ fn cri_mount(container: &str, host: &Path) -> proto::Mount {
 #[tokio::test]
 async fn bind_mounts_shm_hosts_and_hostname() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     for handler in HANDLERS {
         let pod_name = format!("mounts-{handler}");
         let pod = node.run_pod(&pod_name, handler).await;
+        leftovers.track(&pod);
         let ro_dir = tempfile::tempdir().unwrap();
         std::fs::write(ro_dir.path().join("data"), "host data\n").unwrap();
         let rw_dir = tempfile::tempdir().unwrap();
@@ -735,6 +805,7 @@ async fn bind_mounts_shm_hosts_and_hostname() {
 #[tokio::test]
 async fn recursive_read_only_mounts_where_the_handler_supports_them() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let dir = tempfile::tempdir().unwrap();
     let sub = dir.path().join("sub");
     std::fs::create_dir(&sub).unwrap();
@@ -751,6 +822,7 @@ async fn recursive_read_only_mounts_where_the_handler_supports_them() {
     let _unmount = Unmount(sub.clone());
     for handler in HANDLERS {
         let pod = node.run_pod(&format!("rro-{handler}"), handler).await;
+        leftovers.track(&pod);
         let mut config = node.container_config("rro", "exec sleep 1000");
         config.mounts = vec![proto::Mount {
             readonly: true,
@@ -798,6 +870,7 @@ async fn recursive_read_only_mounts_where_the_handler_supports_them() {
 #[tokio::test]
 async fn pid_network_and_ipc_namespaces() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let own_ns = |kind: &str| {
         std::fs::read_link(format!("/proc/self/ns/{kind}"))
             .unwrap()
@@ -809,6 +882,7 @@ async fn pid_network_and_ipc_namespaces() {
         // PID POD (the default): the containers and pause share one.
         let pod_name = format!("ns-{handler}");
         let pod = node.run_pod(&pod_name, handler).await;
+        leftovers.track(&pod);
         let first = node.run(&pod, "first", "exec sleep 1001").await;
         let second = node.run(&pod, "second", "exec sleep 1002").await;
         let ps = sh(&node, &second, "ps").await;
@@ -858,6 +932,7 @@ async fn pid_network_and_ipc_namespaces() {
         };
         pod_security(&mut pod_config).namespace_options = Some(host_ns.clone());
         let pod = run_pod_config(&node, pod_config, handler).await;
+        leftovers.track(&pod);
         let mut config = node.container_config("hostly", "exec sleep 1004");
         *namespaces(&mut config) = host_ns;
         let hostly = run_config(&node, &pod, config).await;
@@ -890,6 +965,7 @@ async fn pid_network_and_ipc_namespaces() {
 #[tokio::test]
 async fn pod_sysctls_are_visible_inside() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let host_port_start =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
     let host_shm = std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").unwrap();
@@ -904,6 +980,7 @@ async fn pod_sysctls_are_visible_inside() {
             ("kernel/shm_rmid_forced".into(), "1".into()),
         ]);
         let pod = run_pod_config(&node, pod_config, handler).await;
+        leftovers.track(&pod);
         let c = node.run(&pod, "c", "exec sleep 1000").await;
         assert_eq!(
             sh(
@@ -941,12 +1018,14 @@ async fn pod_sysctls_are_visible_inside() {
 #[tokio::test]
 async fn the_image_stop_signal_and_log_reopening() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let image = node
         .add_image("quitter", &ImageBuilder::busybox().stop_signal("SIGQUIT"))
         .await;
     for handler in HANDLERS {
         let pod_name = format!("stop-{handler}");
         let pod = node.run_pod(&pod_name, handler).await;
+        leftovers.track(&pod);
 
         let mut config = node.container_config(
             "quitter",
@@ -1015,6 +1094,7 @@ async fn the_image_stop_signal_and_log_reopening() {
 #[tokio::test]
 async fn seccomp_runtime_default_unconfined_and_localhost() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     let profiles = tempfile::tempdir().unwrap();
     let localhost = profiles.path().join("no-mkdir.json");
     std::fs::write(
@@ -1024,6 +1104,7 @@ async fn seccomp_runtime_default_unconfined_and_localhost() {
     .unwrap();
     for handler in HANDLERS {
         let pod = node.run_pod(&format!("seccomp-{handler}"), handler).await;
+        leftovers.track(&pod);
         let with_profile = |name: &str, profile_type: ProfileType, localhost_ref: &str| {
             let mut config = node.container_config(name, "exec sleep 1000");
             security(&mut config).seccomp = Some(proto::SecurityProfile {
@@ -1090,10 +1171,12 @@ async fn seccomp_runtime_default_unconfined_and_localhost() {
 #[ignore = "rcri bug: the pause container of a privileged pod mounts sysfs ro, so privileged containers of the pod (sharing its netns sysfs superblock) get a read-only /sys under runc"]
 async fn a_privileged_container_gets_a_writable_sys() {
     let node = Node::start().await;
+    let leftovers = Leftovers::new(&node);
     for handler in HANDLERS {
         let mut pod_config = node.pod_config(&format!("sysfs-{handler}"));
         pod_security(&mut pod_config).privileged = true;
         let pod = run_pod_config(&node, pod_config, handler).await;
+        leftovers.track(&pod);
         let mut config = node.container_config("privileged", "exec sleep 1000");
         security(&mut config).privileged = true;
         let privileged = run_config(&node, &pod, config).await;

@@ -1168,7 +1168,6 @@ async fn seccomp_runtime_default_unconfined_and_localhost() {
 }
 
 #[tokio::test]
-#[ignore = "rcri bug: the pause container of a privileged pod mounts sysfs ro, so privileged containers of the pod (sharing its netns sysfs superblock) get a read-only /sys under runc"]
 async fn a_privileged_container_gets_a_writable_sys() {
     let node = Node::start().await;
     let leftovers = Leftovers::new(&node);

@@ -577,7 +577,9 @@ pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<oci::Spec, SpecError
     let capabilities = oci::Capabilities::default();
     let privileged = sc.is_some_and(|s| s.privileged);
     let seccomp = (!privileged).then(|| seccomp::default_profile(&[]));
-    let mut mounts = mounts::default_mounts(false, None);
+    // The pod's sysfs is shared through its network namespace: a privileged
+    // pod's must be writable, or its privileged containers get a read-only /sys.
+    let mut mounts = mounts::default_mounts(privileged, None);
     mounts.retain(|m| m.destination != "/dev/shm");
 
     Ok(oci::Spec {

@@ -87,6 +87,47 @@ pub struct Handler {
     pub privileged_without_host_devices: bool,
     /// Annotation keys (or prefixes ending in `*`) passed into the OCI spec.
     pub allowed_annotations: Vec<String>,
+    /// How long `create` may take (sandboxed runtimes are slower); the call
+    /// fails with DeadlineExceeded after it.
+    #[serde(serialize_with = "serialize_duration")]
+    pub create_timeout: std::time::Duration,
+}
+
+/// The default `create_timeout`: generous, for sandboxed runtimes.
+pub const DEFAULT_CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
+fn serialize_duration<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+/// `500ms`, `90s`, `4m`, `1h`: a number and a unit.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => number,
+        "s" => number.checked_mul(1000)?,
+        "m" => number.checked_mul(60_000)?,
+        "h" => number.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    (millis > 0).then(|| std::time::Duration::from_millis(millis))
+}
+
+fn format_duration(d: std::time::Duration) -> String {
+    let millis = d.as_millis();
+    if millis.is_multiple_of(60_000) {
+        format!("{}m", millis / 60_000)
+    } else if millis.is_multiple_of(1000) {
+        format!("{}s", millis / 1000)
+    } else {
+        format!("{millis}ms")
+    }
 }
 
 const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
@@ -343,6 +384,7 @@ struct FileHandler {
     runtime_args: Option<Spanned<Vec<String>>>,
     privileged_without_host_devices: Option<Spanned<bool>>,
     allowed_annotations: Option<Spanned<Vec<String>>>,
+    create_timeout: Option<Spanned<String>>,
 }
 
 // ---- merging, keeping where each value came from --------------------------
@@ -418,6 +460,7 @@ struct MergedHandler {
     runtime_args: Set<Vec<String>>,
     privileged_without_host_devices: Set<bool>,
     allowed_annotations: Set<Vec<String>>,
+    create_timeout: Set<String>,
 }
 
 impl MergedConfig {
@@ -453,6 +496,7 @@ impl MergedConfig {
                 &mut merged.allowed_annotations,
                 src.take(h.allowed_annotations),
             );
+            override_with(&mut merged.create_timeout, src.take(h.create_timeout));
         }
     }
 
@@ -701,9 +745,19 @@ impl MergedHandler {
                 ));
             }
         }
+        let create_timeout = match &self.create_timeout {
+            None => DEFAULT_CREATE_TIMEOUT,
+            Some((text, origin)) => parse_duration(text).ok_or_else(|| {
+                format!(
+                    "create_timeout {text:?} is not a duration such as \"90s\" or \"4m\"{}",
+                    at(origin)
+                )
+            })?,
+        };
         Ok(Handler {
             name: name.to_string(),
             runtime_type,
+            create_timeout,
             runtime_path,
             runtime_root,
             runtime_args: self.runtime_args.map(|(a, _)| a).unwrap_or_default(),
@@ -774,6 +828,7 @@ impl Config {
             runtime_args: &'a [String],
             privileged_without_host_devices: bool,
             allowed_annotations: &'a [String],
+            create_timeout: String,
         }
         let shown = Shown {
             socket: &self.socket,
@@ -795,6 +850,7 @@ impl Config {
                             runtime_args: &h.runtime_args,
                             privileged_without_host_devices: h.privileged_without_host_devices,
                             allowed_annotations: &h.allowed_annotations,
+                            create_timeout: format_duration(h.create_timeout),
                         },
                     )
                 })

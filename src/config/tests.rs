@@ -469,3 +469,35 @@ fn network_settings_default_and_must_be_absolute() {
         ]
     );
 }
+
+#[test]
+fn create_timeout_parses_and_is_checked() {
+    let path = FakePath::with(&["runc", "runsc"]);
+    let file = "[handlers.runc]\n[handlers.runsc]\ncreate_timeout = \"90s\"\n";
+    let config = Config::from_texts(&texts(&[("r.toml", file)]), &path.env()).unwrap();
+    assert_eq!(
+        config.handlers["runc"].create_timeout,
+        DEFAULT_CREATE_TIMEOUT
+    );
+    assert_eq!(
+        config.handlers["runsc"].create_timeout,
+        std::time::Duration::from_secs(90)
+    );
+    assert!(config.to_toml().contains("create_timeout = \"90s\""));
+    let file = "[handlers.runc]\n[handlers.runsc]\ncreate_timeout = \"soon\"\n";
+    let config = Config::from_texts(&texts(&[("r.toml", file)]), &path.env()).unwrap();
+    assert_eq!(
+        config.dropped_handlers[0].reason,
+        "create_timeout \"soon\" is not a duration such as \"90s\" or \"4m\" (set at r.toml:3)"
+    );
+    assert_eq!(
+        parse_duration("500ms"),
+        Some(std::time::Duration::from_millis(500))
+    );
+    assert_eq!(
+        parse_duration("2h"),
+        Some(std::time::Duration::from_secs(7200))
+    );
+    assert_eq!(parse_duration("0s"), None);
+    assert_eq!(parse_duration("5"), None);
+}

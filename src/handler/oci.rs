@@ -61,6 +61,8 @@ pub struct OciRuntime {
     pub path: PathBuf,
     /// `runtime_args` then `--root ROOT`: put before every verb.
     pub global_args: Vec<String>,
+    /// How long `create` may take.
+    pub create_timeout: Duration,
 }
 
 impl OciRuntime {
@@ -72,6 +74,7 @@ impl OciRuntime {
             handler: handler.name.clone(),
             path: handler.runtime_path.clone(),
             global_args,
+            create_timeout: handler.create_timeout,
         }
     }
 

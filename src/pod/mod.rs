@@ -32,8 +32,9 @@ use crate::proto;
 use crate::spec::{self, SpecError, oci};
 use record::{ContainerRecord, ContainerState, Encoded, PodRecord, PodState, now_nanos};
 
-/// How long an OCI runtime may take to create a container.
-const CREATE_TIMEOUT: Duration = Duration::from_secs(240);
+/// Beyond the handler's create_timeout (which the monitor enforces), how
+/// long to wait for the monitor's answer before giving up on it.
+const MONITOR_GRACE: Duration = Duration::from_secs(10);
 /// How often a stopping container's exit is looked for.
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// After SIGKILL, how long to wait for the exit to be recorded.
@@ -468,7 +469,7 @@ impl PodManager {
             stdin_once: false,
             stdin_fifo: None,
             memory_cgroup,
-            create_timeout_ms: Some(CREATE_TIMEOUT.as_millis() as u64),
+            create_timeout_ms: Some(runtime.create_timeout.as_millis() as u64),
         };
         let monitor_json = serde_json::to_vec_pretty(&monitor_config)
             .map_err(|e| PodError::Internal(format!("monitor config: {e}")))?;
@@ -498,11 +499,22 @@ impl PodManager {
         let monitor_pid = child.id().unwrap_or_default() as i32;
         let stdout = child.stdout.take().expect("monitor stdout is piped");
         let mut line = String::new();
+        let started_at = tokio::time::Instant::now();
         let read = tokio::time::timeout(
-            CREATE_TIMEOUT,
+            runtime.create_timeout + MONITOR_GRACE,
             tokio::io::BufReader::new(stdout).read_line(&mut line),
         )
         .await;
+        let timed_out = started_at.elapsed() >= runtime.create_timeout;
+        let deadline_error = || {
+            PodError::DeadlineExceeded(format!(
+                "runtime handler {:?} ({}) did not create {id} within its create_timeout of {:?}: the runtime hangs or is too slow; check it by hand or raise create_timeout in [handlers.{}]",
+                runtime.handler,
+                runtime.path.display(),
+                runtime.create_timeout,
+                runtime.handler
+            ))
+        };
         // The monitor lives on; tokio reaps it when it exits.
         drop(child);
         let reply: SyncReply = match read {
@@ -511,10 +523,7 @@ impl PodManager {
                     nix::unistd::Pid::from_raw(monitor_pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
-                return Err(PodError::DeadlineExceeded(format!(
-                    "{} runtime did not create {id} within {CREATE_TIMEOUT:?}",
-                    runtime.handler
-                )));
+                return Err(deadline_error());
             }
             Ok(Err(e)) => {
                 return Err(PodError::Internal(format!(
@@ -528,6 +537,9 @@ impl PodManager {
                 ))
             })?,
         };
+        if !reply.ok && timed_out {
+            return Err(deadline_error());
+        }
         if !reply.ok {
             return Err(PodError::Runtime(RuntimeError::Failed {
                 handler: runtime.handler.clone(),

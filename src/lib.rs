@@ -11,7 +11,6 @@ pub mod network;
 pub mod pod;
 pub mod server;
 pub mod spec;
-pub mod streaming;
 
 /// Code generated from `proto/api.proto` (package `runtime.v1`).
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]

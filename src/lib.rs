@@ -11,6 +11,7 @@ pub mod network;
 pub mod pod;
 pub mod server;
 pub mod spec;
+pub mod streaming;
 
 /// Code generated from `proto/api.proto` (package `runtime.v1`).
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]

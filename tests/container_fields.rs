@@ -1185,6 +1185,12 @@ async fn a_privileged_container_gets_a_writable_sys() {
             .find(|l| l.starts_with("sysfs on /sys type sysfs"))
             .unwrap_or_else(|| panic!("{handler}: {mounts}"));
         assert!(sys.contains("(rw,"), "{handler}: {sys}");
+        // Privileged containers get the host's device nodes.
+        let devices = sh(&node, &privileged, "ls /dev").await;
+        assert!(
+            devices.lines().any(|d| d == "loop-control"),
+            "{handler}: {devices}"
+        );
         node.remove_pod(&pod).await;
     }
     node.assert_clean();

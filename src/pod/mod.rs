@@ -1390,6 +1390,60 @@ impl PodManager {
         })
     }
 
+    /// Checks that container `id` exists and runs, as streaming exec needs.
+    pub async fn check_exec(&self, id: &str) -> Result<(), PodError> {
+        let container = self.refresh_container(id).await?;
+        if container.state != ContainerState::Running {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prepares `cmd` to run in running container `id` through its pod's
+    /// handler (`exec --process FILE`), without a terminal, for streaming
+    /// exec. The caller sets up stdio, spawns the command and then calls
+    /// [`PreparedExec::cleanup`].
+    pub async fn prepare_exec(&self, id: &str, cmd: Vec<String>) -> Result<PreparedExec, PodError> {
+        if cmd.is_empty() {
+            return Err(PodError::InvalidArgument("Exec needs a command".into()));
+        }
+        let container = self.refresh_container(id).await?;
+        if container.state != ContainerState::Running {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        let pod = self.pod_of(&container).await?;
+        let runtime = self.runtime_of(&pod.handler)?;
+        let run_dir = self.container_run_dir(&container.id);
+        let exec_id = record::new_id();
+        let process_path = run_dir.join(format!("exec-{}.json", &exec_id[..12]));
+        let pid_path = run_dir.join(format!("exec-{}.pid", &exec_id[..12]));
+        let config_path = run_dir.join("config.json");
+        let process_file = process_path.clone();
+        blocking(move || {
+            let bytes = std::fs::read(&config_path).map_err(io_error("read", &config_path))?;
+            let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| PodError::Internal(format!("{}: {e}", config_path.display())))?;
+            let mut process = spec["process"].take();
+            process["args"] = serde_json::json!(cmd);
+            process["terminal"] = serde_json::json!(false);
+            std::fs::write(&process_file, process.to_string())
+                .map_err(io_error("write", &process_file))
+        })
+        .await?;
+        let command = runtime.exec_command(&container.id, &process_path, &pid_path);
+        Ok(PreparedExec {
+            command,
+            runtime_path: runtime.path.clone(),
+            files: vec![process_path, pid_path],
+        })
+    }
+
     pub async fn reopen_log(&self, id: &str) -> Result<(), PodError> {
         let container = self.refresh_container(id).await?;
         if container.state != ContainerState::Running {
@@ -1532,6 +1586,22 @@ async fn remove_trees(dirs: [PathBuf; 2]) {
     .await;
 }
 
+/// A streaming exec ready to spawn (see [`PodManager::prepare_exec`]).
+pub struct PreparedExec {
+    /// `RUNTIME exec --process FILE --pid-file PID ID`; stdio not set yet.
+    pub command: tokio::process::Command,
+    /// The runtime binary, for error messages.
+    pub runtime_path: PathBuf,
+    files: Vec<PathBuf>,
+}
+
+impl PreparedExec {
+    /// Removes the process and pid files once the command has exited.
+    pub async fn cleanup(self) {
+        remove_files(&self.files).await;
+    }
+}
+
 async fn remove_files(paths: &[PathBuf]) {
     for path in paths {
         let _ = tokio::fs::remove_file(path).await;
@@ -1649,8 +1719,55 @@ fn host_info() -> spec::HostInfo {
         apparmor_enabled: Path::new("/sys/kernel/security/apparmor").exists(),
         apparmor_default_profile: None,
         selinux_enabled: Path::new("/sys/fs/selinux/enforce").exists(),
-        devices: Vec::new(),
+        devices: host_devices(Path::new("/dev")),
     }
+}
+
+/// The host's device nodes: privileged containers get them all, and the
+/// CRI's `devices` are looked up among them.
+fn host_devices(dev: &Path) -> Vec<oci::Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut devices = Vec::new();
+    let mut stack = vec![dev.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // Per-container instances, not host devices to hand out.
+            if ["pts", "shm", "mqueue"]
+                .iter()
+                .any(|skip| path == dev.join(skip))
+            {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let kind = if meta.file_type().is_char_device() {
+                "c"
+            } else if meta.file_type().is_block_device() {
+                "b"
+            } else {
+                if meta.is_dir() {
+                    stack.push(path);
+                }
+                continue;
+            };
+            devices.push(oci::Device {
+                kind: kind.to_string(),
+                path: path.display().to_string(),
+                major: nix::sys::stat::major(meta.rdev()) as i64,
+                minor: nix::sys::stat::minor(meta.rdev()) as i64,
+                file_mode: Some(meta.mode() & 0o777),
+                uid: Some(meta.uid()),
+                gid: Some(meta.gid()),
+            });
+        }
+    }
+    devices.sort_by(|a, b| a.path.cmp(&b.path));
+    devices
 }
 
 fn has_sys_resource() -> bool {
@@ -1753,4 +1870,20 @@ fn install_pause(run_dir: &Path) -> Result<PathBuf, PodError> {
         std::fs::rename(&tmp, &binary).map_err(io_error("install", &binary))?;
     }
     Ok(rootfs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_devices_include_null_and_skip_per_container_mounts() {
+        let devices = host_devices(Path::new("/dev"));
+        let null = devices
+            .iter()
+            .find(|d| d.path == "/dev/null")
+            .expect("/dev/null");
+        assert_eq!((null.kind.as_str(), null.major, null.minor), ("c", 1, 3));
+        assert!(devices.iter().all(|d| !d.path.starts_with("/dev/pts/")));
+    }
 }

@@ -141,6 +141,15 @@ pub struct NetworkConfig {
     pub cni_bin_dirs: Vec<PathBuf>,
 }
 
+/// Where the streaming server (exec, attach, port-forward) listens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamingConfig {
+    /// The IP address the streaming server binds and its URLs name.
+    pub address: std::net::IpAddr,
+    /// The TCP port; 0 picks any free port.
+    pub port: u16,
+}
+
 /// How images are pulled from one registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RegistryConfig {
@@ -184,6 +193,7 @@ pub struct Config {
     /// references (`docker.io`, `registry.k8s.io`, `127.0.0.1:5000`).
     pub registries: BTreeMap<String, RegistryConfig>,
     pub network: NetworkConfig,
+    pub streaming: StreamingConfig,
     /// Files read, in order (or `<embedded default>`).
     pub sources: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -359,6 +369,14 @@ struct FileConfig {
     #[serde(default)]
     registries: BTreeMap<Spanned<String>, FileRegistry>,
     network: Option<FileNetwork>,
+    streaming: Option<FileStreaming>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStreaming {
+    address: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -443,6 +461,8 @@ struct MergedConfig {
     registries: BTreeMap<String, MergedRegistry>,
     cni_conf_dir: Set<PathBuf>,
     cni_bin_dirs: Set<Vec<PathBuf>>,
+    streaming_address: Set<String>,
+    streaming_port: Set<i64>,
 }
 
 #[derive(Default)]
@@ -474,6 +494,10 @@ impl MergedConfig {
         if let Some(network) = file.network {
             override_with(&mut self.cni_conf_dir, src.take(network.cni_conf_dir));
             override_with(&mut self.cni_bin_dirs, src.take(network.cni_bin_dirs));
+        }
+        if let Some(streaming) = file.streaming {
+            override_with(&mut self.streaming_address, src.take(streaming.address));
+            override_with(&mut self.streaming_port, src.take(streaming.port));
         }
         for (name, r) in file.registries {
             let merged = self.registries.entry(name.into_inner()).or_default();
@@ -549,6 +573,26 @@ impl MergedConfig {
                 dirs
             }
             None => DEFAULT_CNI_BIN_DIRS.iter().map(PathBuf::from).collect(),
+        };
+        let streaming = StreamingConfig {
+            address: match self.streaming_address {
+                Some((text, origin)) => text.parse().unwrap_or_else(|_| {
+                    errors.push(ConfigError(format!(
+                        "{origin}: streaming.address = {text:?} is not an IP address"
+                    )));
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                }),
+                None => std::net::Ipv4Addr::LOCALHOST.into(),
+            },
+            port: match self.streaming_port {
+                Some((port, origin)) => u16::try_from(port).unwrap_or_else(|_| {
+                    errors.push(ConfigError(format!(
+                        "{origin}: streaming.port = {port} is not a TCP port (0 to 65535; 0 picks a free one)"
+                    )));
+                    0
+                }),
+                None => 0,
+            },
         };
         let mut registries = BTreeMap::new();
         for (host, merged) in self.registries {
@@ -648,6 +692,7 @@ impl MergedConfig {
                 cni_conf_dir,
                 cni_bin_dirs,
             },
+            streaming,
             sources,
             dropped_handlers,
         })
@@ -819,6 +864,7 @@ impl Config {
             #[serde(skip_serializing_if = "BTreeMap::is_empty")]
             registries: &'a BTreeMap<String, RegistryConfig>,
             network: &'a NetworkConfig,
+            streaming: &'a StreamingConfig,
         }
         #[derive(Serialize)]
         struct ShownHandler<'a> {
@@ -857,6 +903,7 @@ impl Config {
                 .collect(),
             registries: &self.registries,
             network: &self.network,
+            streaming: &self.streaming,
         };
         toml::to_string(&shown).expect("the effective configuration serializes to TOML")
     }

@@ -49,6 +49,11 @@ pub enum ServeError {
     Registry(#[from] crate::image::registry::RegistryError),
     #[error("cannot open the image store: {0}")]
     ImageStore(#[from] StoreError),
+    #[error("cannot start the streaming server on {address}: {source}")]
+    Streaming {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -192,10 +197,22 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
     let listener = tokio::net::UnixListener::from_std(claimed.listener)
         .map_err(io_error("listen on", &claimed.socket))?;
     let pods = open_pods(&config, &handlers, &claimed.images).await?;
-    let runtime =
-        RuntimeServiceServer::new(RuntimeSvc::new(config.clone(), handlers.clone(), pods))
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let streaming = crate::streaming::StreamingServer::start(&config.streaming, pods.clone())
+        .await
+        .map_err(|source| ServeError::Streaming {
+            address: std::net::SocketAddr::from((config.streaming.address, config.streaming.port))
+                .to_string(),
+            source,
+        })?;
+    tracing::info!(address = %streaming.addr(), "streaming server listening");
+    let runtime = RuntimeServiceServer::new(RuntimeSvc::new(
+        config.clone(),
+        handlers.clone(),
+        pods,
+        streaming,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let containers_dir = config.state_dir.join("containers");
     let images = ImageServiceServer::new(ImageSvc::new(claimed.images, containers_dir))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)

@@ -501,3 +501,44 @@ fn create_timeout_parses_and_is_checked() {
     assert_eq!(parse_duration("0s"), None);
     assert_eq!(parse_duration("5"), None);
 }
+
+#[test]
+fn streaming_settings_default_and_are_checked() {
+    let path = FakePath::with(&["runc"]);
+    let config = Config::from_texts(&[embedded()], &path.env()).unwrap();
+    assert_eq!(config.streaming.address.to_string(), "127.0.0.1");
+    assert_eq!(config.streaming.port, 0);
+    let config = Config::from_texts(
+        &[
+            embedded(),
+            (
+                "s.toml".to_string(),
+                "[streaming]\naddress = \"::1\"\nport = 10010\n".to_string(),
+            ),
+        ],
+        &path.env(),
+    )
+    .unwrap();
+    assert_eq!(config.streaming.address.to_string(), "::1");
+    assert_eq!(config.streaming.port, 10010);
+    let errors = refused(Config::from_texts(
+        &texts(&[(
+            "s.toml",
+            "[streaming]\naddress = \"localhost\"\nport = 70000\n",
+        )]),
+        &path.env(),
+    ));
+    assert!(
+        errors.contains(
+            &"s.toml:2: streaming.address = \"localhost\" is not an IP address".to_string()
+        ),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(
+            &"s.toml:3: streaming.port = 70000 is not a TCP port (0 to 65535; 0 picks a free one)"
+                .to_string()
+        ),
+        "{errors:?}"
+    );
+}

@@ -13,6 +13,7 @@ use crate::config::{CgroupDriver, Config};
 use crate::handler::HandlerTable;
 use crate::pod::PodManager;
 use crate::proto::{self, runtime_service_server::RuntimeService};
+use crate::streaming::{ExecRequest, StreamingServer};
 
 /// The kubelet-facing version of the runtime API, as other runtimes report it.
 const KUBELET_API_VERSION: &str = "0.1.0";
@@ -21,16 +22,23 @@ pub struct RuntimeSvc {
     config: Arc<Config>,
     handlers: Arc<HandlerTable>,
     pods: Arc<PodManager>,
+    streaming: Arc<StreamingServer>,
     /// The pod CIDR last given by `UpdateRuntimeConfig`.
     pod_cidr: RwLock<String>,
 }
 
 impl RuntimeSvc {
-    pub fn new(config: Arc<Config>, handlers: Arc<HandlerTable>, pods: Arc<PodManager>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        handlers: Arc<HandlerTable>,
+        pods: Arc<PodManager>,
+        streaming: Arc<StreamingServer>,
+    ) -> Self {
         RuntimeSvc {
             config,
             handlers,
             pods,
+            streaming,
             pod_cidr: RwLock::new(String::new()),
         }
     }
@@ -311,6 +319,37 @@ impl RuntimeService for RuntimeSvc {
             .await
             .map_err(CriError::from)?;
         Ok(Response::new(response))
+    }
+
+    async fn exec(
+        &self,
+        request: Request<proto::ExecRequest>,
+    ) -> Result<Response<proto::ExecResponse>, Status> {
+        let request = request.into_inner();
+        if request.cmd.is_empty() {
+            return Err(CriError::InvalidArgument("Exec needs a command".into()).into());
+        }
+        if request.tty {
+            return Err(CriError::InvalidArgument("TTY exec is not supported yet".into()).into());
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Exec needs at least one of stdin, stdout and stderr".into(),
+            )
+            .into());
+        }
+        self.pods
+            .check_exec(&request.container_id)
+            .await
+            .map_err(CriError::from)?;
+        let url = self.streaming.register_exec(ExecRequest {
+            container_id: request.container_id,
+            cmd: request.cmd,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        });
+        Ok(Response::new(proto::ExecResponse { url }))
     }
 
     async fn update_runtime_config(

@@ -1440,7 +1440,8 @@ impl PodManager {
         Ok(PreparedExec {
             command,
             runtime_path: runtime.path.clone(),
-            files: vec![process_path, pid_path],
+            pid_file: pid_path,
+            process_file: process_path,
         })
     }
 
@@ -1592,13 +1593,15 @@ pub struct PreparedExec {
     pub command: tokio::process::Command,
     /// The runtime binary, for error messages.
     pub runtime_path: PathBuf,
-    files: Vec<PathBuf>,
+    /// Where the runtime writes the pid of the command (in rcri's namespace).
+    pub pid_file: PathBuf,
+    process_file: PathBuf,
 }
 
 impl PreparedExec {
     /// Removes the process and pid files once the command has exited.
-    pub async fn cleanup(self) {
-        remove_files(&self.files).await;
+    pub async fn cleanup(&self) {
+        remove_files(&[self.process_file.clone(), self.pid_file.clone()]).await;
     }
 }
 

@@ -1,0 +1,628 @@
+//! The remotecommand session for exec without a TTY over SPDY/3.1.
+//!
+//! The client opens one stream per channel (SYN_STREAM with header
+//! `streamtype`: `error`, `stdin`, `stdout`, `stderr`, `resize`); the server
+//! accepts each with SYN_REPLY. Once the error stream and the requested stdio
+//! streams are open, the command runs through the pod's runtime: stdin DATA
+//! goes to the process (FIN closes its stdin), its stdout and stderr go out as
+//! DATA. When it exits, the error stream carries the outcome (v4: a JSON
+//! `metav1.Status`; older versions: the error text, nothing on success), every
+//! stream is finished with FIN, and the session ends with GOAWAY.
+//!
+//! Back-pressure: output is read from the process only as fast as the
+//! socket takes it (a small bounded queue to the writer task), and stdin is
+//! read from the socket only as fast as the process takes it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ExecRequest;
+use super::spdy::{self, Codec, Frame, FrameDecoder, FrameEncoder, SpdyError};
+use crate::pod::{PodManager, PreparedExec};
+
+/// The client must open its streams within this time.
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Output still buffered after the process exited must drain within this time.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Output is read from the process in chunks of at most this size.
+const CHUNK: usize = 32 * 1024;
+/// Frames queued for the writer task.
+const OUT_QUEUE: usize = 8;
+/// Stdin data received before the process starts is capped at this.
+const MAX_EARLY_STDIN: usize = 1 << 20;
+
+/// The remotecommand protocol versions, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V4,
+    V3,
+    V2,
+    V1,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [Protocol::V4, Protocol::V3, Protocol::V2, Protocol::V1];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::V4 => "v4.channel.k8s.io",
+            Protocol::V3 => "v3.channel.k8s.io",
+            Protocol::V2 => "v2.channel.k8s.io",
+            Protocol::V1 => "channel.k8s.io",
+        }
+    }
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Failed(String),
+}
+
+/// What the error stream carries for `outcome` under `protocol`; `None`
+/// for nothing.
+pub fn error_stream_payload(
+    protocol: Protocol,
+    cmd: &[String],
+    outcome: &Outcome,
+) -> Option<String> {
+    let (message, reason, code) = match outcome {
+        Outcome::Exited(0) => {
+            return (protocol == Protocol::V4)
+                .then(|| r#"{"metadata":{},"status":"Success"}"#.to_string());
+        }
+        Outcome::Exited(code) => (
+            format!(
+                "command terminated with non-zero exit code: error executing command [{}], exit code {code}",
+                cmd.join(" ")
+            ),
+            "NonZeroExitCode",
+            Some(*code),
+        ),
+        Outcome::Failed(message) => (message.clone(), "InternalError", None),
+    };
+    if protocol != Protocol::V4 {
+        return Some(message);
+    }
+    // Field order as metav1.Status marshals: metadata, status, message,
+    // reason, details, code.
+    #[derive(serde::Serialize)]
+    struct Status<'a> {
+        metadata: Empty,
+        status: &'a str,
+        message: &'a str,
+        reason: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        details: Option<Details>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+    }
+    #[derive(serde::Serialize)]
+    struct Empty {}
+    #[derive(serde::Serialize)]
+    struct Details {
+        causes: [Cause; 1],
+    }
+    #[derive(serde::Serialize)]
+    struct Cause {
+        reason: &'static str,
+        message: String,
+    }
+    let status = Status {
+        metadata: Empty {},
+        status: "Failure",
+        message: &message,
+        reason,
+        details: code.map(|code| Details {
+            causes: [Cause {
+                reason: "ExitCode",
+                message: code.to_string(),
+            }],
+        }),
+        code: code.is_none().then_some(500),
+    };
+    serde_json::to_string(&status).ok()
+}
+
+/// The streams the client opened, by type.
+#[derive(Debug, Default)]
+struct Streams {
+    error: Option<u32>,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+impl Streams {
+    fn ready(&self, request: &ExecRequest) -> bool {
+        self.error.is_some()
+            && (!request.stdin || self.stdin.is_some())
+            && (!request.stdout || self.stdout.is_some())
+            && (!request.stderr || self.stderr.is_some())
+    }
+
+    fn slot(&mut self, kind: &str) -> Option<&mut Option<u32>> {
+        match kind {
+            "error" => Some(&mut self.error),
+            "stdin" => Some(&mut self.stdin),
+            "stdout" => Some(&mut self.stdout),
+            "stderr" => Some(&mut self.stderr),
+            "resize" => Some(&mut self.resize),
+            _ => None,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = u32> {
+        [
+            self.error,
+            self.stdin,
+            self.stdout,
+            self.stderr,
+            self.resize,
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// What the reader saw next on the connection.
+enum Incoming {
+    Frame(Frame),
+    Bad(SpdyError),
+    Closed,
+}
+
+async fn next_frame(
+    rd: &mut OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+    buf: &mut Vec<u8>,
+) -> Incoming {
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(frame)) => return Incoming::Frame(frame),
+            Ok(None) => {}
+            Err(e) => return Incoming::Bad(e),
+        }
+        buf.reserve(CHUNK);
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Incoming::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn write_frames(
+    mut wr: OwnedWriteHalf,
+    mut encoder: FrameEncoder,
+    mut rx: mpsc::Receiver<Frame>,
+) {
+    let mut out = Vec::new();
+    while let Some(frame) = rx.recv().await {
+        out.clear();
+        if let Err(e) = encoder.encode(&frame, &mut out) {
+            tracing::warn!(error = %e, "streaming: cannot encode a frame; closing");
+            break;
+        }
+        if wr.write_all(&out).await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// The running command: its stdin queue, and its outcome.
+struct Running {
+    stdin: Option<mpsc::Sender<Vec<u8>>>,
+    cancel: Option<oneshot::Sender<()>>,
+    done: oneshot::Receiver<Outcome>,
+}
+
+/// Serves one upgraded connection until the command ends or the client
+/// goes away. Never panics on client input.
+pub async fn serve(
+    stream: TcpStream,
+    leftover: Vec<u8>,
+    protocol: Protocol,
+    request: ExecRequest,
+    pods: Arc<PodManager>,
+) {
+    let (mut rd, wr) = stream.into_split();
+    let (encoder, mut decoder) = Codec::new().into_split();
+    let (out, out_rx) = mpsc::channel::<Frame>(OUT_QUEUE);
+    let writer = tokio::spawn(write_frames(wr, encoder, out_rx));
+    let mut buf = leftover;
+    let mut streams = Streams::default();
+    let mut last_stream = 0u32;
+    let mut early_stdin: Vec<Vec<u8>> = Vec::new();
+    let mut early_len = 0usize;
+    let mut stdin_closed = false;
+    let mut running: Option<Running> = None;
+    let creation_deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
+
+    let outcome: Option<Outcome> = loop {
+        let incoming = match running.as_mut() {
+            None => {
+                match tokio::time::timeout_at(
+                    creation_deadline,
+                    next_frame(&mut rd, &mut decoder, &mut buf),
+                )
+                .await
+                {
+                    Ok(incoming) => incoming,
+                    Err(_) => {
+                        tracing::info!(
+                            "streaming exec: the client did not open its streams in time"
+                        );
+                        let _ = out
+                            .send(Frame::GoAway {
+                                last_good_stream_id: last_stream,
+                                status: spdy::goaway_status::OK,
+                            })
+                            .await;
+                        break None;
+                    }
+                }
+            }
+            Some(run) => {
+                tokio::select! {
+                    outcome = &mut run.done => {
+                        break Some(outcome.unwrap_or_else(|_| Outcome::Failed("the exec task ended unexpectedly".into())));
+                    }
+                    incoming = next_frame(&mut rd, &mut decoder, &mut buf) => incoming,
+                }
+            }
+        };
+        let frame = match incoming {
+            Incoming::Frame(frame) => frame,
+            Incoming::Closed => break None,
+            Incoming::Bad(e) if e.is_session_error() => {
+                tracing::info!(error = %e, "streaming exec: malformed frame; closing the session");
+                let _ = out
+                    .send(Frame::GoAway {
+                        last_good_stream_id: last_stream,
+                        status: e.goaway_status(),
+                    })
+                    .await;
+                break None;
+            }
+            Incoming::Bad(e) => {
+                if let Some(stream_id) = e.stream_id().filter(|id| *id != 0) {
+                    let _ = out
+                        .send(Frame::RstStream {
+                            stream_id,
+                            status: e.rst_status(),
+                        })
+                        .await;
+                }
+                continue;
+            }
+        };
+        match frame {
+            Frame::SynStream {
+                stream_id, headers, ..
+            } => {
+                last_stream = last_stream.max(stream_id);
+                let kind = spdy::header(&headers, "streamtype")
+                    .unwrap_or_default()
+                    .to_string();
+                match streams.slot(&kind) {
+                    Some(slot) if slot.is_none() => {
+                        *slot = Some(stream_id);
+                        let _ = out
+                            .send(Frame::SynReply {
+                                stream_id,
+                                flags: 0,
+                                headers: Vec::new(),
+                            })
+                            .await;
+                    }
+                    _ => {
+                        tracing::info!(streamtype = %kind, "streaming exec: refusing a stream");
+                        let _ = out
+                            .send(Frame::RstStream {
+                                stream_id,
+                                status: spdy::rst_status::REFUSED_STREAM,
+                            })
+                            .await;
+                    }
+                }
+            }
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } if Some(stream_id) == streams.stdin && !stdin_closed => {
+                if !data.is_empty() {
+                    match running.as_ref().and_then(|r| r.stdin.as_ref()) {
+                        // The process may have closed its stdin: drop the data.
+                        Some(tx) => {
+                            let _ = tx.send(data).await;
+                        }
+                        None if running.is_none() => {
+                            early_len += data.len();
+                            if early_len > MAX_EARLY_STDIN {
+                                let _ = out
+                                    .send(Frame::GoAway {
+                                        last_good_stream_id: last_stream,
+                                        status: spdy::goaway_status::PROTOCOL_ERROR,
+                                    })
+                                    .await;
+                                break None;
+                            }
+                            early_stdin.push(data);
+                        }
+                        None => {}
+                    }
+                }
+                if flags & spdy::FLAG_FIN != 0 {
+                    stdin_closed = true;
+                    if let Some(run) = running.as_mut() {
+                        run.stdin = None;
+                    }
+                }
+            }
+            Frame::RstStream { stream_id, .. } if Some(stream_id) == streams.stdin => {
+                stdin_closed = true;
+                if let Some(run) = running.as_mut() {
+                    run.stdin = None;
+                }
+            }
+            Frame::Ping { id } => {
+                let _ = out.send(Frame::Ping { id }).await;
+            }
+            Frame::GoAway { .. } => break None,
+            _ => {}
+        }
+        if running.is_none() && streams.ready(&request) {
+            let run = start(&request, &streams, &pods, out.clone()).await;
+            let mut run = match run {
+                Ok(run) => run,
+                Err(message) => break Some(Outcome::Failed(message)),
+            };
+            if let Some(tx) = run.stdin.as_ref() {
+                for data in early_stdin.drain(..) {
+                    let _ = tx.send(data).await;
+                }
+            }
+            if stdin_closed {
+                run.stdin = None;
+            }
+            running = Some(run);
+        }
+    };
+
+    match outcome {
+        Some(outcome) => {
+            if let Some(stream_id) = streams.error
+                && let Some(text) = error_stream_payload(protocol, &request.cmd, &outcome)
+            {
+                let _ = out
+                    .send(Frame::Data {
+                        stream_id,
+                        flags: 0,
+                        data: text.into_bytes(),
+                    })
+                    .await;
+            }
+            for stream_id in streams.all() {
+                let _ = out
+                    .send(Frame::Data {
+                        stream_id,
+                        flags: spdy::FLAG_FIN,
+                        data: Vec::new(),
+                    })
+                    .await;
+            }
+            let _ = out
+                .send(Frame::GoAway {
+                    last_good_stream_id: last_stream,
+                    status: spdy::goaway_status::OK,
+                })
+                .await;
+        }
+        None => {
+            // The client went away or broke the protocol: stop the command.
+            if let Some(mut run) = running.take() {
+                if let Some(cancel) = run.cancel.take() {
+                    let _ = cancel.send(());
+                }
+                let _ = run.done.await;
+            }
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+    // Let the client read what was sent before the socket closes.
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = rd.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+/// Spawns the command and the tasks that pump its stdio.
+async fn start(
+    request: &ExecRequest,
+    streams: &Streams,
+    pods: &Arc<PodManager>,
+    out: mpsc::Sender<Frame>,
+) -> Result<Running, String> {
+    let mut prepared = pods
+        .prepare_exec(&request.container_id, request.cmd.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let null = std::process::Stdio::null;
+    let piped = std::process::Stdio::piped;
+    prepared
+        .command
+        .stdin(if request.stdin { piped() } else { null() })
+        .stdout(if request.stdout { piped() } else { null() })
+        .stderr(if request.stderr { piped() } else { null() });
+    let mut child = match prepared.command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            prepared.cleanup().await;
+            return Err(format!(
+                "cannot run the runtime {}: {e}",
+                prepared.runtime_path.display()
+            ));
+        }
+    };
+    let mut pumps = Vec::new();
+    for (pipe, stream_id) in [
+        (child.stdout.take().map(Pipe::Out), streams.stdout),
+        (child.stderr.take().map(Pipe::Err), streams.stderr),
+    ] {
+        if let (Some(pipe), Some(stream_id)) = (pipe, stream_id) {
+            pumps.push(tokio::spawn(pump_output(pipe, stream_id, out.clone())));
+        }
+    }
+    let stdin = child.stdin.take().map(|mut pipe| {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if pipe.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping the pipe closes the process's stdin.
+        });
+        tx
+    });
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let outcome = wait(&mut child, &prepared, pumps, cancel_rx).await;
+        prepared.cleanup().await;
+        let _ = done_tx.send(outcome);
+    });
+    Ok(Running {
+        stdin,
+        cancel: Some(cancel_tx),
+        done: done_rx,
+    })
+}
+
+enum Pipe {
+    Out(tokio::process::ChildStdout),
+    Err(tokio::process::ChildStderr),
+}
+
+async fn pump_output(mut pipe: Pipe, stream_id: u32, out: mpsc::Sender<Frame>) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let n = match &mut pipe {
+            Pipe::Out(p) => p.read(&mut chunk).await,
+            Pipe::Err(p) => p.read(&mut chunk).await,
+        };
+        let n = match n {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        chunk.truncate(n);
+        let frame = Frame::Data {
+            stream_id,
+            flags: 0,
+            data: chunk,
+        };
+        // Waiting here is the back-pressure: no more is read from the
+        // process until the writer has taken this frame.
+        if out.send(frame).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait(
+    child: &mut tokio::process::Child,
+    prepared: &PreparedExec,
+    mut pumps: Vec<tokio::task::JoinHandle<()>>,
+    cancel: oneshot::Receiver<()>,
+) -> Outcome {
+    let status = tokio::select! {
+        status = child.wait() => status,
+        _ = cancel => {
+            // Kill the command itself first, so the runtime reaps it and no
+            // process stays behind in the container; then the runtime.
+            if let Ok(pid) = tokio::fs::read_to_string(&prepared.pid_file).await
+                && let Ok(pid) = pid.trim().parse::<i32>()
+                && pid > 0
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            for pump in pumps {
+                pump.abort();
+            }
+            return Outcome::Failed("the client went away".into());
+        }
+    };
+    let drained = async {
+        for pump in pumps.iter_mut() {
+            let _ = pump.await;
+        }
+    };
+    if tokio::time::timeout(OUTPUT_DRAIN_TIMEOUT, drained)
+        .await
+        .is_err()
+    {
+        // Something in the container still holds the output open.
+        for pump in &pumps {
+            pump.abort();
+        }
+    }
+    match status {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            Outcome::Exited(
+                status
+                    .code()
+                    .or_else(|| status.signal().map(|s| 128 + s))
+                    .unwrap_or(255),
+            )
+        }
+        Err(e) => Outcome::Failed(format!("waiting for the command failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_status_shapes_match_kubernetes() {
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 3".to_string()];
+        assert_eq!(
+            error_stream_payload(Protocol::V4, &cmd, &Outcome::Exited(0)).unwrap(),
+            r#"{"metadata":{},"status":"Success"}"#
+        );
+        assert_eq!(
+            error_stream_payload(Protocol::V4, &cmd, &Outcome::Exited(3)).unwrap(),
+            r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#
+        );
+        assert_eq!(
+            error_stream_payload(Protocol::V3, &cmd, &Outcome::Exited(0)),
+            None
+        );
+        assert_eq!(
+            error_stream_payload(Protocol::V2, &cmd, &Outcome::Exited(3)).unwrap(),
+            "command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3"
+        );
+    }
+}

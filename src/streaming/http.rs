@@ -1,0 +1,248 @@
+//! The HTTP/1.1 side of the streaming server: one request per connection,
+//! which must be an upgrade to SPDY/3.1 of a `/exec/<token>` URL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::StreamingServer;
+use super::exec::{self, Protocol};
+
+/// The request head may not be larger than this.
+const MAX_HEAD: usize = 16 * 1024;
+/// The request head must arrive within this time.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A parsed request head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub method: String,
+    pub path: String,
+    /// `(lowercase name, value)` in order; repeated headers stay repeated.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// Every value of header `name`, comma-separated lists split.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// The end of the head (the index after `\r\n\r\n`), if it is complete.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// Parses a request head (everything up to and including the blank line).
+pub fn parse_head(head: &[u8]) -> Result<RequestHead, String> {
+    let text = std::str::from_utf8(head).map_err(|_| "the request head is not UTF-8")?;
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(path), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(format!("malformed request line {request_line:?}"));
+    };
+    if !version.starts_with("HTTP/1.") || method.is_empty() || !path.starts_with('/') {
+        return Err(format!("malformed request line {request_line:?}"));
+    }
+    let mut headers = Vec::new();
+    for line in lines.take_while(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("malformed header line {line:?}"))?;
+        if name.is_empty() || name.contains([' ', '\t']) {
+            return Err(format!("malformed header line {line:?}"));
+        }
+        headers.push((name.to_ascii_lowercase(), value.trim().to_string()));
+    }
+    Ok(RequestHead {
+        method: method.to_string(),
+        path: path.to_string(),
+        headers,
+    })
+}
+
+/// Why an upgrade request is refused: the status line and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: &'static str,
+    pub message: String,
+}
+
+fn refuse(status: &'static str, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        message: message.into(),
+    }
+}
+
+/// Checks the upgrade headers and picks the protocol version.
+pub fn negotiate(head: &RequestHead) -> Result<Protocol, Refusal> {
+    let upgrade_requested = head
+        .values("connection")
+        .any(|v| v.eq_ignore_ascii_case("upgrade"));
+    let spdy = head
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("SPDY/3.1"));
+    if !upgrade_requested || !spdy {
+        return Err(refuse(
+            "400 Bad Request",
+            "unable to upgrade: the request must carry Connection: Upgrade and Upgrade: SPDY/3.1",
+        ));
+    }
+    let offered: Vec<&str> = head.values("x-stream-protocol-version").collect();
+    Protocol::ALL
+        .iter()
+        .copied()
+        .find(|p| offered.contains(&p.name()))
+        .ok_or_else(|| {
+            refuse(
+                "403 Forbidden",
+                format!(
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {:?}",
+                    Protocol::ALL.iter().map(|p| p.name()).collect::<Vec<_>>()
+                ),
+            )
+        })
+}
+
+fn response(refusal: &Refusal) -> Vec<u8> {
+    let body = format!("{}\n", refusal.message);
+    format!(
+        "HTTP/1.1 {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        refusal.status,
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Reads the request head; what follows it stays in the returned buffer.
+async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Refusal> {
+    let mut buf = Vec::with_capacity(1024);
+    let end = loop {
+        if let Some(end) = head_end(&buf) {
+            break end;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(refuse(
+                "431 Request Header Fields Too Large",
+                "request head too large",
+            ));
+        }
+        let mut chunk = [0u8; 2048];
+        match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(refuse("", "")),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return Err(refuse("408 Request Timeout", "request head timed out")),
+        }
+    };
+    let head = parse_head(&buf[..end]).map_err(|m| refuse("400 Bad Request", m))?;
+    Ok((head, buf.split_off(end)))
+}
+
+/// Serves one connection: the upgrade request, then the SPDY session.
+pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer>) {
+    let _ = stream.set_nodelay(true);
+    let (head, leftover) = match read_head(&mut stream).await {
+        Ok(read) => read,
+        Err(refusal) => {
+            if !refusal.status.is_empty() {
+                let _ = stream.write_all(&response(&refusal)).await;
+            }
+            return;
+        }
+    };
+    let token = head.path.strip_prefix("/exec/").unwrap_or_default();
+    let request = if token.is_empty() || !(head.method == "GET" || head.method == "POST") {
+        None
+    } else {
+        server.take_exec(token)
+    };
+    let Some(request) = request else {
+        let _ = stream
+            .write_all(&response(&refuse("404 Not Found", "404 page not found")))
+            .await;
+        return;
+    };
+    let protocol = match negotiate(&head) {
+        Ok(protocol) => protocol,
+        Err(refusal) => {
+            let _ = stream.write_all(&response(&refusal)).await;
+            return;
+        }
+    };
+    let switching = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {}\r\n\r\n",
+        protocol.name()
+    );
+    if stream.write_all(switching.as_bytes()).await.is_err() {
+        return;
+    }
+    exec::serve(stream, leftover, protocol, request, server.pods().clone()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> RequestHead {
+        parse_head(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn parses_request_line_and_headers() {
+        let h = head(
+            "POST /exec/abc HTTP/1.1\r\nHost: x\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\nx-stream-protocol-version: v3.channel.k8s.io, channel.k8s.io\r\n\r\n",
+        );
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.path, "/exec/abc");
+        assert_eq!(
+            h.values("x-stream-protocol-version").collect::<Vec<_>>(),
+            ["v4.channel.k8s.io", "v3.channel.k8s.io", "channel.k8s.io"]
+        );
+        assert!(parse_head(b"GET\r\n\r\n").is_err());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nbad line\r\n\r\n").is_err());
+        assert!(parse_head(b"GET nopath HTTP/1.1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn negotiation_picks_the_best_offered_version() {
+        let up = "GET /exec/t HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n";
+        let pick = |versions: &str| negotiate(&head(&format!("{up}{versions}\r\n")));
+        assert_eq!(
+            pick(
+                "X-Stream-Protocol-Version: channel.k8s.io\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n"
+            ),
+            Ok(Protocol::V4)
+        );
+        assert_eq!(
+            pick("X-Stream-Protocol-Version: v2.channel.k8s.io, v3.channel.k8s.io\r\n"),
+            Ok(Protocol::V3)
+        );
+        assert_eq!(
+            pick("X-Stream-Protocol-Version: channel.k8s.io\r\n"),
+            Ok(Protocol::V1)
+        );
+        assert_eq!(pick("").unwrap_err().status, "403 Forbidden");
+        assert_eq!(
+            pick("X-Stream-Protocol-Version: v5.channel.k8s.io\r\n")
+                .unwrap_err()
+                .status,
+            "403 Forbidden"
+        );
+        let no_upgrade = negotiate(&head(
+            "GET /exec/t HTTP/1.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n",
+        ));
+        assert_eq!(no_upgrade.unwrap_err().status, "400 Bad Request");
+    }
+}

@@ -1,0 +1,397 @@
+//! Streaming exec over SPDY/3.1 against the real server, with a small SPDY
+//! client written here on top of rcri's frame codec. Needs root, runc, crun,
+//! docker-registry and busybox-static (`make test` installs them).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::node::{HANDLERS, Node};
+use rcri::proto;
+use rcri::streaming::spdy::{self, Codec, Frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tonic::Code;
+
+const V4: &str = "v4.channel.k8s.io";
+const SUCCESS: &str = r#"{"metadata":{},"status":"Success"}"#;
+
+/// Splits `http://host:port/path`.
+fn split_url(url: &str) -> (String, String) {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let slash = rest.find('/').expect("a path");
+    (rest[..slash].to_string(), rest[slash..].to_string())
+}
+
+/// Sends the upgrade request; `Ok` with the connection after a 101, else
+/// the status code and the body.
+async fn upgrade(url: &str, protocols: &[&str]) -> Result<SpdyClient, (u16, String)> {
+    let (host, path) = split_url(url);
+    let mut stream = TcpStream::connect(&host).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+    );
+    for p in protocols {
+        request.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    if code != 101 {
+        let mut body = buf[end..].to_vec();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
+        return Err((code, String::from_utf8_lossy(&body).into_owned()));
+    }
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("upgrade: spdy/3.1"), "{head}");
+    assert!(lower.contains("connection: upgrade"), "{head}");
+    assert!(
+        lower.contains(&format!("x-stream-protocol-version: {}", protocols[0])),
+        "{head}"
+    );
+    Ok(SpdyClient {
+        stream,
+        codec: Codec::new(),
+        buf: buf.split_off(end),
+        next_id: 1,
+    })
+}
+
+struct SpdyClient {
+    stream: TcpStream,
+    codec: Codec,
+    buf: Vec<u8>,
+    next_id: u32,
+}
+
+impl SpdyClient {
+    async fn send(&mut self, frame: Frame) {
+        let mut out = Vec::new();
+        self.codec.encode(&frame, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Opens a stream of `kind`; returns its id.
+    async fn open(&mut self, kind: &str) -> u32 {
+        let id = self.next_id;
+        self.next_id += 2;
+        self.send(Frame::SynStream {
+            stream_id: id,
+            associated_id: 0,
+            priority: 0,
+            flags: 0,
+            headers: vec![("streamtype".into(), kind.into())],
+        })
+        .await;
+        id
+    }
+
+    /// The next frame; `None` once the server closed the connection.
+    async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf).unwrap() {
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
+                .await
+                .expect("the server answers within 30 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    stdout: String,
+    stderr: String,
+    error: String,
+    replies: usize,
+    /// Server streams that ended with FIN.
+    finished: usize,
+    goaway: bool,
+}
+
+/// Runs one exec session: opens error, stdout, stderr (and stdin if
+/// `stdin` is given, sending it then FIN), and collects everything.
+async fn run_session(url: &str, stdin: Option<&[u8]>) -> Session {
+    let mut client = upgrade(url, &[V4]).await.unwrap();
+    let error = client.open("error").await;
+    let stdin_id = match stdin {
+        Some(_) => Some(client.open("stdin").await),
+        None => None,
+    };
+    let stdout = client.open("stdout").await;
+    let stderr = client.open("stderr").await;
+    if let (Some(id), Some(data)) = (stdin_id, stdin) {
+        client
+            .send(Frame::Data {
+                stream_id: id,
+                flags: 0,
+                data: data.to_vec(),
+            })
+            .await;
+        client
+            .send(Frame::Data {
+                stream_id: id,
+                flags: spdy::FLAG_FIN,
+                data: Vec::new(),
+            })
+            .await;
+    }
+    client.send(Frame::Ping { id: 1 }).await;
+    let mut session = Session::default();
+    let mut data: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut pong = false;
+    while let Some(frame) = client.recv().await {
+        match frame {
+            Frame::SynReply { .. } => session.replies += 1,
+            Frame::Data {
+                stream_id,
+                flags,
+                data: bytes,
+            } => {
+                data.entry(stream_id).or_default().extend(bytes);
+                if flags & spdy::FLAG_FIN != 0 {
+                    session.finished += 1;
+                }
+            }
+            Frame::Ping { id: 1 } => pong = true,
+            Frame::GoAway { .. } => session.goaway = true,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+    assert!(pong, "PING is answered");
+    let mut text = |id: u32| String::from_utf8(data.remove(&id).unwrap_or_default()).unwrap();
+    session.stdout = text(stdout);
+    session.stderr = text(stderr);
+    session.error = text(error);
+    session
+}
+
+async fn exec_url(
+    node: &Node,
+    container: &str,
+    cmd: &[&str],
+    stdin: bool,
+) -> Result<String, tonic::Status> {
+    node.client()
+        .await
+        .exec(proto::ExecRequest {
+            container_id: container.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .map(|r| r.into_inner().url)
+}
+
+#[tokio::test]
+async fn exec_streams_over_spdy_under_each_handler() {
+    let node = Node::start().await;
+    for handler in HANDLERS {
+        let pod = node.run_pod(&format!("exec-{handler}"), handler).await;
+        let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+        let url = exec_url(
+            &node,
+            &app,
+            &["sh", "-c", "echo hello; echo err >&2"],
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        let session = run_session(&url, None).await;
+        assert_eq!(session.stdout, "hello\n", "{handler}: {session:?}");
+        assert_eq!(session.stderr, "err\n", "{handler}: {session:?}");
+        assert_eq!(session.error, SUCCESS, "{handler}: {session:?}");
+        assert_eq!(session.replies, 3, "{handler}: {session:?}");
+        assert_eq!(session.finished, 3, "{handler}: {session:?}");
+        assert!(session.goaway, "{handler}: {session:?}");
+
+        // A token works once.
+        assert_eq!(upgrade(&url, &[V4]).await.err().map(|e| e.0), Some(404));
+
+        let url = exec_url(&node, &app, &["sh", "-c", "exit 3"], false)
+            .await
+            .unwrap();
+        let session = run_session(&url, None).await;
+        assert_eq!(
+            session.error,
+            r#"{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: error executing command [sh -c exit 3], exit code 3","reason":"NonZeroExitCode","details":{"causes":[{"reason":"ExitCode","message":"3"}]}}"#,
+            "{handler}"
+        );
+
+        let url = exec_url(&node, &app, &["cat"], true).await.unwrap();
+        let input = "line one\nline two\n".repeat(1000);
+        let session = run_session(&url, Some(input.as_bytes())).await;
+        assert_eq!(session.stdout, input, "{handler}");
+        assert_eq!(session.error, SUCCESS, "{handler}");
+
+        node.remove_pod(&pod).await;
+    }
+    node.assert_clean();
+}
+
+#[tokio::test]
+async fn exec_urls_and_requests_are_checked() {
+    let node = Node::start().await;
+    let pod = node.run_pod("exec-checks", "runc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    let url = exec_url(&node, &app, &["true"], false).await.unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let wrong = format!("{base}/0123456789abcdef0123456789abcdef");
+    assert_eq!(upgrade(&wrong, &[V4]).await.err().map(|e| e.0), Some(404));
+    let (host, _) = split_url(&url);
+    assert_eq!(
+        upgrade(&format!("http://{host}/other"), &[V4])
+            .await
+            .err()
+            .map(|e| e.0),
+        Some(404)
+    );
+    // The wrong token did not use up the right one.
+    let (code, body) = upgrade(&url, &["v9.channel.k8s.io"]).await.err().unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("unable to negotiate protocol"), "{body}");
+
+    // An older protocol is chosen when it is the best offered.
+    let url = exec_url(&node, &app, &["true"], false).await.unwrap();
+    let client = upgrade(&url, &["v2.channel.k8s.io", "channel.k8s.io"]).await;
+    assert!(client.is_ok());
+    drop(client);
+
+    let mut client = node.client().await;
+    let mut request = proto::ExecRequest {
+        container_id: app.clone(),
+        cmd: vec!["sh".into()],
+        tty: true,
+        stdin: true,
+        stdout: true,
+        stderr: false,
+    };
+    let error = client.exec(request.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(error.message(), "TTY exec is not supported yet");
+    request.tty = false;
+    request.stdin = false;
+    request.stdout = false;
+    let error = client.exec(request.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    request.stdout = true;
+    request.container_id = "nope".into();
+    let error = client.exec(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::NotFound, "{error:?}");
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}
+
+/// Command lines of processes containing `text`.
+fn processes_with(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(text) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn broken_clients_end_the_session_and_the_command() {
+    let node = Node::start().await;
+    let pod = node.run_pod("exec-broken", "runc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    // A malformed frame (SPDY version 2) gets GOAWAY with PROTOCOL_ERROR.
+    let url = exec_url(&node, &app, &["true"], false).await.unwrap();
+    let mut client = upgrade(&url, &[V4]).await.unwrap();
+    client
+        .stream
+        .write_all(&[0x80, 2, 0, 6, 0, 0, 0, 4, 0, 0, 0, 1])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.recv().await,
+        Some(Frame::GoAway {
+            last_good_stream_id: 0,
+            status: spdy::goaway_status::PROTOCOL_ERROR
+        })
+    );
+    assert_eq!(
+        client.recv().await,
+        None,
+        "the server closes the connection"
+    );
+
+    // A client that goes away mid-command: the command is killed.
+    let url = exec_url(&node, &app, &["sleep", "777"], false)
+        .await
+        .unwrap();
+    let mut client = upgrade(&url, &[V4]).await.unwrap();
+    for kind in ["error", "stdout", "stderr"] {
+        client.open(kind).await;
+    }
+    let mut running = false;
+    for _ in 0..200 {
+        if !processes_with("sleep 777").is_empty() {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running, "the command started");
+    drop(client);
+    let mut gone = false;
+    for _ in 0..250 {
+        if processes_with("sleep 777").is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "left: {:?}", processes_with("sleep 777"));
+
+    // Large output streams through in order.
+    let url = exec_url(
+        &node,
+        &app,
+        &["sh", "-c", "seq 1 300000; echo done >&2"],
+        false,
+    )
+    .await
+    .unwrap();
+    let session = run_session(&url, None).await;
+    let expected: String = (1..=300000).map(|i| format!("{i}\n")).collect();
+    assert!(session.stdout == expected, "{} bytes", session.stdout.len());
+    assert_eq!(session.stderr, "done\n");
+    assert_eq!(session.error, SUCCESS);
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}

@@ -130,8 +130,52 @@ impl OciRuntime {
         Ok(output)
     }
 
-    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        self.run("start", &[id], id, VERB_TIMEOUT).await.map(drop)
+    /// Starts a created container. `start`'s own stdout and stderr go to
+    /// `output` (a file, read back for the error text), never to a pipe read
+    /// until end-of-file: some runtimes (runsc for a pod's second container)
+    /// hand `start`'s stdio to the container, so such a pipe would stay open
+    /// as long as the container runs.
+    pub async fn start(&self, id: &str, output: &Path) -> Result<(), RuntimeError> {
+        let spawn_error = |source| RuntimeError::Spawn {
+            handler: self.handler.clone(),
+            path: self.path.clone(),
+            source,
+        };
+        let file = tokio::fs::File::create(output)
+            .await
+            .map_err(spawn_error)?
+            .into_std()
+            .await;
+        let stderr = file.try_clone().map_err(spawn_error)?;
+        let mut command = self.command();
+        command
+            .arg("start")
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(stderr);
+        let status = match tokio::time::timeout(VERB_TIMEOUT, command.status()).await {
+            Err(_) => {
+                return Err(RuntimeError::Timeout {
+                    handler: self.handler.clone(),
+                    verb: "start".into(),
+                    id: id.to_string(),
+                    timeout: VERB_TIMEOUT,
+                });
+            }
+            Ok(status) => status.map_err(spawn_error)?,
+        };
+        if !status.success() {
+            let text = tokio::fs::read(output).await.unwrap_or_default();
+            return Err(RuntimeError::Failed {
+                handler: self.handler.clone(),
+                verb: "start".into(),
+                id: id.to_string(),
+                status: status.to_string(),
+                stderr: runtime_message(&text),
+            });
+        }
+        Ok(())
     }
 
     /// Sends `signal` to the container's init (or, with `all`, every process).

@@ -438,7 +438,7 @@ impl PodManager {
                 memory_cgroup,
             )
             .await?;
-        runtime.start(id).await?;
+        runtime.start(id, &bundle.join("start.log")).await?;
         Ok(created)
     }
 
@@ -1069,7 +1069,8 @@ impl PodManager {
         }
         let pod = self.pod_of(&container).await?;
         let runtime = self.runtime_of(&pod.handler)?;
-        if let Err(e) = runtime.start(&container.id).await {
+        let start_log = self.container_run_dir(&container.id).join("start.log");
+        if let Err(e) = runtime.start(&container.id, &start_log).await {
             container.state = ContainerState::Exited;
             container.finished_at = now_nanos();
             container.exit_code = 128;

@@ -29,6 +29,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# runsc (gVisor) for the RuntimeClass tests comes from bookworm-backports,
+# reached through the Debian mirror this host already uses.
+if [ "$mode" = test ] && ! command -v runsc >/dev/null; then
+  mirror=$( (grep -rhoE 'https?://[^ ]+/debian/?$' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true) | head -n1)
+  mirror=${mirror:-$( (grep -rhoE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null || true) | head -n1 | tr -d ' ')}
+  [ -n "$mirror" ] || die "cannot find this host's Debian mirror to add bookworm-backports (for runsc)"
+  echo "deb ${mirror%/} bookworm-backports main" > /etc/apt/sources.list.d/rcri-backports.list
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports runsc >/dev/null
+fi
+
 # rcri is built with the host's Rust toolchain (edition 2024 needs Rust 1.85 or later).
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo not found: install Rust 1.89 or later (e.g. with rustup) first"

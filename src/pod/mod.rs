@@ -39,6 +39,9 @@ const MONITOR_GRACE: Duration = Duration::from_secs(10);
 const EXIT_POLL: Duration = Duration::from_millis(20);
 /// After SIGKILL, how long to wait for the exit to be recorded.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// After SIGKILL, how long the monitor has to record the exit before the
+/// runtime is asked instead.
+const MONITOR_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// ExecSync output is capped (the kubelet caps it too).
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 const PAUSE_PATH: &str = "/pause";
@@ -1180,7 +1183,11 @@ impl PodManager {
                 tracing::debug!(container = %container.id, error = %e, "SIGKILL not delivered");
             }
         }
-        if !self.wait_exit(&exit_file, KILL_WAIT).await {
+        if !self.wait_exit(&exit_file, MONITOR_EXIT_WAIT).await
+            && !self
+                .exit_from_runtime(&runtime, &container, &exit_file)
+                .await?
+        {
             return Err(PodError::DeadlineExceeded(format!(
                 "container {} did not exit within {KILL_WAIT:?} of SIGKILL",
                 container.id
@@ -1189,6 +1196,57 @@ impl PodManager {
         drop(_guard);
         self.refresh_container(&container.id).await?;
         Ok(())
+    }
+
+    /// Some runtimes run a container inside a process that is not its
+    /// monitor's child (runsc: a pod's second container lives in the
+    /// sandbox process), so the monitor cannot see it exit. Ask the runtime;
+    /// once it reports the container stopped (or gone), record the kill and
+    /// retire the monitor. Returns whether the container is stopped.
+    async fn exit_from_runtime(
+        &self,
+        runtime: &OciRuntime,
+        container: &ContainerRecord,
+        exit_file: &Path,
+    ) -> Result<bool, PodError> {
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        loop {
+            if monitor::read_exit(exit_file).is_some() {
+                return Ok(true);
+            }
+            let stopped = match runtime.state(&container.id).await {
+                Ok(None) => true,
+                Ok(Some(state)) => state.status == "stopped",
+                Err(e) => {
+                    tracing::debug!(container = %container.id, error = %e, "runtime state failed");
+                    false
+                }
+            };
+            if stopped {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(container.monitor_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let record = monitor::ExitRecord {
+            exit_code: 137,
+            signal: Some(9),
+            finished_at_unix_nanos: now_nanos(),
+            oom_killed: false,
+        };
+        let path = exit_file.to_path_buf();
+        blocking(move || {
+            let bytes = serde_json::to_vec(&record).map_err(|e| PodError::Internal(e.to_string()))?;
+            crate::fsutil::write_atomic(&path, &bytes).map_err(io_error("write", &path))
+        })
+        .await?;
+        Ok(true)
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {

@@ -24,10 +24,15 @@ pub struct Node {
 impl Node {
     /// rcri with runc (default) and crun, and a pulled busybox image.
     pub async fn start() -> Node {
+        Self::start_with("").await
+    }
+
+    /// Like `start`, with more configuration (e.g. other handlers) appended.
+    pub async fn start_with(extra_config: &str) -> Node {
         let registry = TestRegistry::start();
         let sandbox = Sandbox::new();
         sandbox.write_config(&format!(
-            "default_handler = \"runc\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.crun]\nruntime_path = \"{}\"\n",
+            "default_handler = \"runc\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.crun]\nruntime_path = \"{}\"\n{extra_config}",
             require_tool("runc").display(),
             require_tool("crun").display()
         ));

@@ -1242,7 +1242,8 @@ impl PodManager {
         };
         let path = exit_file.to_path_buf();
         blocking(move || {
-            let bytes = serde_json::to_vec(&record).map_err(|e| PodError::Internal(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec(&record).map_err(|e| PodError::Internal(e.to_string()))?;
             crate::fsutil::write_atomic(&path, &bytes).map_err(io_error("write", &path))
         })
         .await?;

@@ -1369,44 +1369,18 @@ impl PodManager {
         cmd: Vec<String>,
         timeout_secs: i64,
     ) -> Result<proto::ExecSyncResponse, PodError> {
-        if cmd.is_empty() {
-            return Err(PodError::InvalidArgument("ExecSync needs a command".into()));
-        }
-        let container = self.refresh_container(id).await?;
-        if container.state != ContainerState::Running {
-            return Err(PodError::FailedPrecondition(format!(
-                "container {} is not running",
-                container.id
-            )));
-        }
-        let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
-        let run_dir = self.container_run_dir(&container.id);
-        let exec_id = record::new_id();
-        let process_path = run_dir.join(format!("exec-{}.json", &exec_id[..12]));
-        let pid_path = run_dir.join(format!("exec-{}.pid", &exec_id[..12]));
-        let config_path = run_dir.join("config.json");
-        let process_file = process_path.clone();
         let cmd_text = cmd.join(" ");
-        blocking(move || {
-            let bytes = std::fs::read(&config_path).map_err(io_error("read", &config_path))?;
-            let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| PodError::Internal(format!("{}: {e}", config_path.display())))?;
-            let mut process = spec["process"].take();
-            process["args"] = serde_json::json!(cmd);
-            process["terminal"] = serde_json::json!(false);
-            std::fs::write(&process_file, process.to_string())
-                .map_err(io_error("write", &process_file))
-        })
-        .await?;
-        let mut command = runtime.exec_command(&container.id, &process_path, &pid_path);
-        command
+        let mut prepared = self.prepare_exec(id, cmd).await?;
+        let pid_path = prepared.pid_file.clone();
+        prepared
+            .command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = command
+        let mut child = prepared
+            .command
             .spawn()
-            .map_err(io_error("run the runtime", &runtime.path))?;
+            .map_err(io_error("run the runtime", &prepared.runtime_path))?;
         let stdout = tokio::spawn(read_capped(child.stdout.take()));
         let stderr = tokio::spawn(read_capped(child.stderr.take()));
         let waited = if timeout_secs > 0 {
@@ -1433,16 +1407,14 @@ impl PodManager {
                 {
                     let _ = child.kill().await;
                 }
-                remove_files(&[process_path, pid_path]).await;
+                prepared.cleanup().await;
                 return Err(PodError::DeadlineExceeded(format!(
-                    "command {cmd_text:?} in container {} timed out after {timeout_secs}s and was killed",
-                    container.id
+                    "command {cmd_text:?} in container {id} timed out after {timeout_secs}s and was killed"
                 )));
             }
         };
-        remove_files(&[process_path, pid_path]).await;
-        let status =
-            status.map_err(|e| PodError::Internal(format!("exec in {}: {e}", container.id)))?;
+        prepared.cleanup().await;
+        let status = status.map_err(|e| PodError::Internal(format!("exec in {id}: {e}")))?;
         Ok(proto::ExecSyncResponse {
             stdout: stdout.await.unwrap_or_default(),
             stderr: stderr.await.unwrap_or_default(),
@@ -1468,7 +1440,9 @@ impl PodManager {
     /// [`PreparedExec::cleanup`].
     pub async fn prepare_exec(&self, id: &str, cmd: Vec<String>) -> Result<PreparedExec, PodError> {
         if cmd.is_empty() {
-            return Err(PodError::InvalidArgument("Exec needs a command".into()));
+            return Err(PodError::InvalidArgument(
+                "the command to run is empty: give at least the program".into(),
+            ));
         }
         let container = self.refresh_container(id).await?;
         if container.state != ContainerState::Running {

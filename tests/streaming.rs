@@ -350,7 +350,10 @@ async fn broken_clients_end_the_session_and_the_command() {
     );
 
     // A client that goes away mid-command: the command is killed.
-    let url = exec_url(&node, &app, &["sleep", "777"], false)
+    // A duration of this run's own, so no other run's process is mistaken for it.
+    let marker = format!("{}", 700_000 + std::process::id() % 100_000);
+    let sleeping = format!("sleep {marker}");
+    let url = exec_url(&node, &app, &["sleep", &marker], false)
         .await
         .unwrap();
     let mut client = upgrade(&url, &[V4]).await.unwrap();
@@ -359,7 +362,7 @@ async fn broken_clients_end_the_session_and_the_command() {
     }
     let mut running = false;
     for _ in 0..200 {
-        if !processes_with("sleep 777").is_empty() {
+        if !processes_with(&sleeping).is_empty() {
             running = true;
             break;
         }
@@ -369,13 +372,13 @@ async fn broken_clients_end_the_session_and_the_command() {
     drop(client);
     let mut gone = false;
     for _ in 0..250 {
-        if processes_with("sleep 777").is_empty() {
+        if processes_with(&sleeping).is_empty() {
             gone = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(gone, "left: {:?}", processes_with("sleep 777"));
+    assert!(gone, "left: {:?}", processes_with(&sleeping));
 
     // Large output streams through in order.
     let url = exec_url(

@@ -555,14 +555,23 @@ async fn wait(
         _ = cancel => {
             // Kill the command itself first, so the runtime reaps it and no
             // process stays behind in the container; then the runtime.
-            if let Ok(pid) = tokio::fs::read_to_string(&prepared.pid_file).await
-                && let Ok(pid) = pid.trim().parse::<i32>()
-                && pid > 0
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+            // The runtime may not have written the pid file yet when the
+            // client leaves right after the start: wait for it a little.
+            for _ in 0..100 {
+                if let Ok(pid) = tokio::fs::read_to_string(&prepared.pid_file).await
+                    && let Ok(pid) = pid.trim().parse::<i32>()
+                    && pid > 0
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    break;
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_err() {
                 let _ = child.kill().await;

@@ -65,6 +65,23 @@ impl Drop for TestNetwork {
     }
 }
 
+/// host-local keeps one file per allocated address: none may be left.
+fn assert_no_addresses_reserved(ipam: &std::path::Path) {
+    let reserved: Vec<_> = std::fs::read_dir(ipam.join("rcri-test"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("10."))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        reserved.is_empty(),
+        "addresses left allocated: {reserved:?}"
+    );
+}
+
 async fn network_condition(node: &Node) -> proto::RuntimeCondition {
     node.client()
         .await
@@ -188,19 +205,7 @@ async fn pods_get_addresses_reach_each_other_and_release_them() {
         node.remove_pod(&server_pod).await;
         node.remove_pod(&client_pod).await;
     }
-    let reserved: Vec<_> = std::fs::read_dir(ipam.join("rcri-test"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        reserved.is_empty(),
-        "addresses left allocated: {reserved:?}"
-    );
+    assert_no_addresses_reserved(&ipam);
     node.assert_clean();
 }
 
@@ -334,18 +339,6 @@ async fn a_host_port_reaches_the_container_and_churn_leaks_nothing() {
         let pod = node.run_pod(&format!("churn-{i}"), HANDLERS[i % 2]).await;
         node.remove_pod(&pod).await;
     }
-    let reserved: Vec<_> = std::fs::read_dir(ipam.join("rcri-test"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("10."))
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        reserved.is_empty(),
-        "addresses left allocated: {reserved:?}"
-    );
+    assert_no_addresses_reserved(&ipam);
     node.assert_clean();
 }

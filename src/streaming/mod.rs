@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod http;
+pub mod session;
 pub mod spdy;
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub mod pod;
 pub mod server;
 pub mod spec;
 pub mod streaming;
+pub mod tty;
 
 /// Code generated from `proto/api.proto` (package `runtime.v1`).
 #[allow(clippy::all, clippy::pedantic, rustdoc::all, missing_docs)]

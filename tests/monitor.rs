@@ -345,16 +345,19 @@ fn a_missing_runtime_binary_is_reported() {
 }
 
 #[test]
-fn terminal_containers_and_bad_configs_are_refused_with_a_reason() {
-    let mut h = Harness::new("exit 0\n");
+fn a_runtime_sending_no_terminal_and_bad_configs_are_refused_with_a_reason() {
+    // A TTY container whose runtime never sends the pty master.
+    let mut h = Harness::new("echo 1 > \"$pidfile\"\n");
     h.config.terminal = true;
     let mut monitor = h.spawn();
     let error = monitor.reply().into_result().unwrap_err();
-    assert!(error.contains("terminal"), "{error}");
+    assert!(error.contains("sent no terminal"), "{error}");
     assert_eq!(monitor.wait(Duration::from_secs(10)).code(), Some(1));
     assert!(
-        !h.bundle_file("argv").exists(),
-        "the runtime was not started"
+        fs::read_to_string(h.bundle_file("argv"))
+            .unwrap()
+            .contains("--console-socket"),
+        "the runtime got a console socket"
     );
 
     let bad = h.path("bad.json");

@@ -11,12 +11,16 @@
 //! 2. runs `RUNTIME [runtime_args] --log RUNTIME_LOG create --bundle BUNDLE
 //!    --pid-file PID_FILE ID` with the container's stdout and stderr on two
 //!    pipes it holds, so the container's init inherits them and, once the
-//!    runtime exits, becomes the monitor's child;
+//!    runtime exits, becomes the monitor's child. A TTY container gets
+//!    `--console-socket BUNDLE/console.sock` instead: the runtime sends the
+//!    pty master there, and its output is the container's stdout;
 //! 3. answers on the sync pipe with one JSON line, [`SyncReply`]:
 //!    `{"ok":true,"pid":N}` or `{"ok":false,"error":"…"}` (then exits 1), and
 //!    closes it;
 //! 4. writes the container's output to `log_path` in the CRI format
-//!    ([`log`]), reopening the file on SIGUSR1 (ReopenContainerLog);
+//!    ([`log`]), reopening the file on SIGUSR1 (ReopenContainerLog), and
+//!    serves attach clients and the container's stdin on
+//!    `BUNDLE/attach.sock` ([`attach`]);
 //! 5. when the init exits, drains the pipes (at most 2 s more), then writes
 //!    the [`ExitRecord`] atomically to `exit_file` and exits 0.
 //!
@@ -24,6 +28,7 @@
 //! dozen KiB of buffers, so it costs little per container and keeps working
 //! while `rcri serve` is down or restarting.
 
+pub mod attach;
 pub mod log;
 mod runtime;
 mod supervise;
@@ -58,17 +63,19 @@ pub struct MonitorConfig {
     pub log_path: PathBuf,
     /// Where the [`ExitRecord`] is written once the container has exited.
     pub exit_file: PathBuf,
-    /// A TTY container: not supported yet, refused with a clear error.
+    /// A TTY container (the spec's `process.terminal`): `create` gets a
+    /// console socket and the monitor holds the pty master.
     #[serde(default)]
     pub terminal: bool,
-    /// Give the container a stdin: the FIFO `stdin_fifo`, created if needed.
+    /// Give the container a stdin, fed by attach clients and the FIFO
+    /// `stdin_fifo` (created if needed).
     #[serde(default)]
     pub stdin: bool,
-    /// Close stdin after the first attach ends (recorded for attach, which
-    /// comes later).
+    /// Close the container's stdin once the first attach client is done
+    /// with it.
     #[serde(default)]
     pub stdin_once: bool,
-    /// The FIFO used as the container's stdin when `stdin` is set.
+    /// A FIFO whose data goes to the container's stdin when `stdin` is set.
     #[serde(default)]
     pub stdin_fifo: Option<PathBuf>,
     /// The container's memory cgroup directory (v1 `/sys/fs/cgroup/memory/…`

@@ -10,8 +10,8 @@ use super::MonitorConfig;
 pub(super) const ERROR_CAP: usize = 4096;
 
 /// The arguments after the runtime binary: the global flags, `--log`, then
-/// `create --bundle B --pid-file P ID`.
-pub(super) fn create_args(config: &MonitorConfig) -> Vec<OsString> {
+/// `create --bundle B --pid-file P [--console-socket S] ID`.
+pub(super) fn create_args(config: &MonitorConfig, console_socket: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = config.runtime_args.iter().map(OsString::from).collect();
     args.push("--log".into());
     args.push(config.runtime_log.clone().into_os_string());
@@ -20,6 +20,10 @@ pub(super) fn create_args(config: &MonitorConfig) -> Vec<OsString> {
     args.push(config.bundle.clone().into_os_string());
     args.push("--pid-file".into());
     args.push(config.pid_file.clone().into_os_string());
+    if let Some(socket) = console_socket {
+        args.push("--console-socket".into());
+        args.push(socket.as_os_str().to_owned());
+    }
     args.push(config.container_id.clone().into());
     args
 }

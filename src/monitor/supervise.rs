@@ -4,7 +4,9 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,9 +19,11 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{Pid, pipe2};
 
+use super::attach::{Hub, Stdin};
 use super::log::{CriLogWriter, LogFile, Stream};
 use super::runtime::{create_args, error_text, oom_kill_count, oom_killed};
 use super::{ExitRecord, MonitorConfig, SyncReply, diag, send_reply};
+use crate::tty::SocketPath;
 
 /// One read from a pipe.
 const READ_CHUNK: usize = 8192;
@@ -33,6 +37,13 @@ const FOREIGN_INIT_CHECK: Duration = Duration::from_secs(1);
 const RUNTIME_LOG_TAIL: u64 = 64 * 1024;
 /// Exit statuses kept while the init pid is not known yet.
 const REAPED_KEEP: usize = 64;
+/// How long the runtime has, after `create` succeeded, to have sent the
+/// pty master of a TTY container.
+const CONSOLE_WAIT: Duration = Duration::from_secs(5);
+/// After the exit, how long attach clients have to take their last output.
+const ATTACH_FLUSH: Duration = Duration::from_secs(1);
+/// The streams of the output descriptors: stdout pipe, stderr pipe, pty master.
+const STREAMS: [Stream; 3] = [Stream::Stdout, Stream::Stderr, Stream::Stdout];
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +96,9 @@ struct Signals {
 #[derive(Default)]
 struct Ready {
     signal: bool,
-    pipes: [bool; 2],
+    pipes: [bool; 3],
+    /// The whole poll set, for the attach hub's entries.
+    fds: Vec<libc::pollfd>,
 }
 
 /// One read from a pipe.
@@ -100,13 +113,18 @@ struct Created {
     init: Pid,
     early: [Vec<u8>; 2],
     oom_before: Option<u64>,
+    /// The pty master of a TTY container.
+    master: Option<OwnedFd>,
 }
 
 struct Monitor<'a> {
     config: &'a MonitorConfig,
     signals: SignalFd,
-    /// Our ends of the container's stdout and stderr pipes; None after EOF.
-    pipes: [Option<OwnedFd>; 2],
+    /// Our ends of the container's stdout and stderr pipes, and the pty
+    /// master of a TTY container; None after EOF.
+    pipes: [Option<OwnedFd>; 3],
+    /// Attach clients and the container's stdin, once created.
+    hub: Option<Hub>,
     /// Children reaped before the init pid was known.
     reaped: Vec<(Pid, Ended)>,
 }
@@ -140,9 +158,6 @@ pub(super) fn run(config: &MonitorConfig) -> ExitCode {
 
 /// Everything up to the sync reply: set-up, `create`, the init pid.
 fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
-    if config.terminal {
-        return Err("terminal (TTY) containers are not supported yet".to_string());
-    }
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| format!("cannot become the child subreaper: {e}"))?;
     let mut mask = SigSet::empty();
@@ -163,14 +178,130 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
     let (out_read, out_write) = output_pipe()?;
     let (err_read, err_write) = output_pipe()?;
+    let console = if config.terminal {
+        Some(ConsoleSocket::bind(&config.bundle)?)
+    } else {
+        None
+    };
+    let attach = bind_attach(&config.bundle)?;
+    let fifo = stdin_fifo(config)?;
+    // A TTY container reads the pty; otherwise a pipe we write into.
+    let (container_stdin, sink) = if config.stdin && !config.terminal {
+        let (read, write) =
+            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
+        set_nonblocking(&write)?;
+        (Stdio::from(read), Some(write))
+    } else {
+        (Stdio::null(), None)
+    };
     let mut monitor = Monitor {
         config,
         signals,
-        pipes: [Some(out_read), Some(err_read)],
+        pipes: [Some(out_read), Some(err_read), None],
+        hub: None,
         reaped: Vec::new(),
     };
-    let created = monitor.create(out_write, err_write)?;
+    let mut created = monitor.create(out_write, err_write, container_stdin, console.as_ref())?;
+    let mut sink = sink;
+    if let Some(master) = &created.master {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(|e| format!("cannot duplicate the pty master: {e}"))
+        };
+        if config.stdin {
+            sink = Some(dup(master)?);
+        }
+        monitor.pipes[2] = Some(dup(master)?);
+    }
+    let stdin = Stdin::new(sink, config.terminal, config.stdin_once, fifo);
+    monitor.hub = Some(Hub::new(Some(attach), stdin, created.master.take()));
     Ok((monitor, created))
+}
+
+/// The listening console socket of a TTY container: `console.sock` in the
+/// bundle, given to the runtime's `create --console-socket`.
+struct ConsoleSocket {
+    listener: UnixListener,
+    /// The path the runtime connects to (it may go through our descriptor
+    /// of the bundle, which this keeps open).
+    path: SocketPath,
+    file: PathBuf,
+}
+
+impl ConsoleSocket {
+    fn bind(bundle: &Path) -> Result<ConsoleSocket, String> {
+        let file = bundle.join("console.sock");
+        let _ = fs::remove_file(&file);
+        let ours = SocketPath::new(bundle, "console.sock", None)
+            .map_err(|e| format!("cannot open {}: {e}", bundle.display()))?;
+        let listener = UnixListener::bind(&ours.path)
+            .map_err(|e| format!("cannot listen on {}: {e}", file.display()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("cannot set up {}: {e}", file.display()))?;
+        let path = SocketPath::new(bundle, "console.sock", Some(std::process::id()))
+            .map_err(|e| format!("cannot open {}: {e}", bundle.display()))?;
+        Ok(ConsoleSocket {
+            listener,
+            path,
+            file,
+        })
+    }
+
+    /// The pty master the runtime sent during `create`.
+    fn receive(&self) -> Result<OwnedFd, String> {
+        let fail = |e: &dyn std::fmt::Display| {
+            format!(
+                "the runtime sent no terminal on {}: {e}",
+                self.file.display()
+            )
+        };
+        let deadline = Instant::now() + CONSOLE_WAIT;
+        let wait_for = |fd: i32| -> Result<(), String> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds = [libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+            match poll(&mut fds, ms) {
+                Ok(0) => Err(fail(&"timed out")),
+                Ok(_) => Ok(()),
+                Err(e) => Err(fail(&e)),
+            }
+        };
+        wait_for(self.listener.as_raw_fd())?;
+        let (conn, _) = self.listener.accept().map_err(|e| fail(&e))?;
+        wait_for(conn.as_raw_fd())?;
+        let master = crate::tty::recv_fd(conn.as_fd()).map_err(|e| fail(&e))?;
+        set_nonblocking(&master)?;
+        let _ = fs::remove_file(&self.file);
+        Ok(master)
+    }
+}
+
+/// Listens on `attach.sock` in the bundle (see [`super::attach`]).
+fn bind_attach(bundle: &Path) -> Result<UnixListener, String> {
+    let file = bundle.join("attach.sock");
+    let _ = fs::remove_file(&file);
+    let path = SocketPath::new(bundle, "attach.sock", None)
+        .map_err(|e| format!("cannot open {}: {e}", bundle.display()))?;
+    let listener = UnixListener::bind(&path.path)
+        .map_err(|e| format!("cannot listen on {}: {e}", file.display()))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("cannot set up {}: {e}", file.display()))?;
+    Ok(listener)
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), String> {
+    let flags =
+        fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| format!("cannot read fd flags: {e}"))?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags))
+        .map_err(|e| format!("cannot make a descriptor non-blocking: {e}"))?;
+    Ok(())
 }
 
 /// A pipe for container output: both ends close-on-exec (the write end is
@@ -178,19 +309,16 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
 fn output_pipe() -> Result<(OwnedFd, OwnedFd), String> {
     let (read, write) =
         pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let flags = fcntl(read.as_fd(), FcntlArg::F_GETFL)
-        .map_err(|e| format!("cannot read pipe flags: {e}"))?;
-    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
-    fcntl(read.as_fd(), FcntlArg::F_SETFL(flags))
-        .map_err(|e| format!("cannot make a pipe non-blocking: {e}"))?;
+    set_nonblocking(&read)?;
     Ok((read, write))
 }
 
-/// The container's stdin: the FIFO, opened read-write (so opening it never
-/// blocks and a writer coming and going does not end it), or /dev/null.
-fn container_stdin(config: &MonitorConfig) -> Result<Stdio, String> {
+/// The stdin FIFO, whose data the monitor passes on to the container's
+/// stdin; opened read-write and non-blocking (so opening it never blocks
+/// and a writer coming and going does not end it). None without stdin.
+fn stdin_fifo(config: &MonitorConfig) -> Result<Option<File>, String> {
     if !config.stdin {
-        return Ok(Stdio::null());
+        return Ok(None);
     }
     let fifo = config
         .stdin_fifo
@@ -209,6 +337,7 @@ fn container_stdin(config: &MonitorConfig) -> Result<Stdio, String> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
+        .custom_flags(libc::O_NONBLOCK)
         .open(fifo)
         .map_err(|e| format!("cannot open the stdin FIFO {}: {e}", fifo.display()))?;
     let is_fifo = {
@@ -220,7 +349,7 @@ fn container_stdin(config: &MonitorConfig) -> Result<Stdio, String> {
     if !is_fifo {
         return Err(format!("{} exists and is not a FIFO", fifo.display()));
     }
-    Ok(Stdio::from(file))
+    Ok(Some(file))
 }
 
 /// Replaces stdout (the sync pipe) with /dev/null so the server sees EOF.
@@ -237,16 +366,21 @@ fn close_stdout() {
 impl Monitor<'_> {
     /// Runs `create` and waits for it, keeping early output; then reads the
     /// init pid and the OOM counter.
-    fn create(&mut self, out_write: OwnedFd, err_write: OwnedFd) -> Result<Created, String> {
+    fn create(
+        &mut self,
+        out_write: OwnedFd,
+        err_write: OwnedFd,
+        stdin: Stdio,
+        console: Option<&ConsoleSocket>,
+    ) -> Result<Created, String> {
         let config = self.config;
-        let stdin = container_stdin(config)?;
         // Only what the runtime writes now is its error.
         let log_start = fs::metadata(&config.runtime_log)
             .map(|m| m.len())
             .unwrap_or(0);
         let mut command = Command::new(&config.runtime_path);
         command
-            .args(create_args(config))
+            .args(create_args(config, console.map(|c| c.path.path.as_path())))
             .stdin(stdin)
             .stdout(Stdio::from(out_write))
             .stderr(Stdio::from(err_write));
@@ -318,11 +452,13 @@ impl Monitor<'_> {
             return Err(error);
         }
         let init = read_pid(&config.pid_file)?;
+        let master = console.map(ConsoleSocket::receive).transpose()?;
         let oom_before = config.memory_cgroup.as_deref().and_then(oom_kill_count);
         Ok(Created {
             init,
             early,
             oom_before,
+            master,
         })
     }
 
@@ -401,11 +537,17 @@ impl Monitor<'_> {
                     self.reaped.clear();
                 }
             }
-            for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            if let Some(hub) = self.hub.as_mut() {
+                hub.dispatch(&ready.fds);
+            }
+            for (i, stream) in STREAMS.into_iter().enumerate() {
                 if !ready.pipes[i] {
                     continue;
                 }
                 if let Chunk::Data(n) = self.read_pipe(i, &mut buf) {
+                    if let Some(hub) = self.hub.as_mut() {
+                        hub.broadcast(stream, &buf[..n]);
+                    }
                     match log.write(stream, &buf[..n]) {
                         Ok(()) => log_failing = false,
                         Err(e) if !log_failing => {
@@ -452,25 +594,35 @@ impl Monitor<'_> {
         };
         let mut bytes = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         bytes.push(b'\n');
-        crate::fsutil::write_atomic(&config.exit_file, &bytes).map_err(|e| {
+        let written = crate::fsutil::write_atomic(&config.exit_file, &bytes).map_err(|e| {
             format!(
                 "cannot write the exit file {}: {e}",
                 config.exit_file.display()
             )
-        })?;
-        Ok(record)
+        });
+        let _ = fs::remove_file(config.bundle.join("attach.sock"));
+        if let Some(mut hub) = self.hub.take() {
+            hub.finish(ATTACH_FLUSH);
+        }
+        written.map(|()| record)
     }
 
     /// Polls the signalfd and, if `pipes`, the open pipes; `None` waits
     /// without a time limit.
-    fn wait(&self, pipes: bool, timeout: Option<Duration>) -> Result<Ready, String> {
-        let mut fds = [libc::pollfd {
-            fd: -1,
-            events: 0,
-            revents: 0,
-        }; 3];
+    fn wait(&mut self, pipes: bool, timeout: Option<Duration>) -> Result<Ready, String> {
+        let mut fds = vec![
+            libc::pollfd {
+                fd: -1,
+                events: 0,
+                revents: 0,
+            };
+            4
+        ];
         fds[0].fd = self.signals.as_raw_fd();
         fds[0].events = libc::POLLIN;
+        if let Some(hub) = self.hub.as_mut() {
+            hub.register(&mut fds);
+        }
         if pipes {
             for (i, pipe) in self.pipes.iter().enumerate() {
                 if let Some(pipe) = pipe {
@@ -495,7 +647,8 @@ impl Monitor<'_> {
         let ready = |fd: &libc::pollfd| fd.revents != 0;
         Ok(Ready {
             signal: ready(&fds[0]),
-            pipes: [ready(&fds[1]), ready(&fds[2])],
+            pipes: [ready(&fds[1]), ready(&fds[2]), ready(&fds[3])],
+            fds,
         })
     }
 
@@ -562,6 +715,11 @@ impl Monitor<'_> {
             }
             Ok(n) => Chunk::Data(n),
             Err(Errno::EAGAIN) => Chunk::Nothing,
+            // A pty master once every slave descriptor is closed.
+            Err(Errno::EIO) => {
+                self.pipes[i] = None;
+                Chunk::Closed
+            }
             Err(e) => {
                 diag(format_args!("reading container output failed: {e}"));
                 self.pipes[i] = None;
@@ -572,7 +730,7 @@ impl Monitor<'_> {
 }
 
 /// `poll(2)` over `fds` (nix's `poll` feature is not enabled).
-fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> nix::Result<usize> {
+pub(super) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> nix::Result<usize> {
     // SAFETY: `fds` is an exclusively borrowed slice of initialised pollfd
     // structs and its exact length is passed, so the kernel reads and writes
     // only within it; the call keeps no pointer after it returns.

@@ -331,7 +331,7 @@ fn config() -> MonitorConfig {
 
 #[test]
 fn create_puts_global_flags_and_log_before_the_verb() {
-    let args: Vec<String> = create_args(&config())
+    let args: Vec<String> = create_args(&config(), None)
         .into_iter()
         .map(|a| a.into_string().unwrap())
         .collect();

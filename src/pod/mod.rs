@@ -399,6 +399,7 @@ impl PodManager {
                 &state_dir.join("exit.json"),
                 "",
                 None,
+                ContainerIo::default(),
             )
             .await?;
         let pod = PodRecord {
@@ -429,6 +430,7 @@ impl PodManager {
         exit_file: &Path,
         log_path: &str,
         memory_cgroup: Option<PathBuf>,
+        io: ContainerIo,
     ) -> Result<Started, PodError> {
         let created = self
             .create(
@@ -439,6 +441,7 @@ impl PodManager {
                 exit_file,
                 log_path,
                 memory_cgroup,
+                io,
             )
             .await?;
         runtime.start(id, &bundle.join("start.log")).await?;
@@ -455,6 +458,7 @@ impl PodManager {
         exit_file: &Path,
         log_path: &str,
         memory_cgroup: Option<PathBuf>,
+        io: ContainerIo,
     ) -> Result<Started, PodError> {
         let spec_json = serde_json::to_vec_pretty(spec)
             .map_err(|e| PodError::Internal(format!("spec: {e}")))?;
@@ -467,10 +471,10 @@ impl PodManager {
             runtime_log: bundle.join("runtime.log"),
             log_path: PathBuf::from(log_path),
             exit_file: exit_file.to_path_buf(),
-            terminal: false,
-            stdin: false,
-            stdin_once: false,
-            stdin_fifo: None,
+            terminal: io.terminal,
+            stdin: io.stdin,
+            stdin_once: io.stdin_once,
+            stdin_fifo: io.stdin.then(|| bundle.join("stdin")),
             memory_cgroup,
             create_timeout_ms: Some(runtime.create_timeout.as_millis() as u64),
         };
@@ -1012,6 +1016,11 @@ impl PodManager {
                 &state_dir.join("exit.json"),
                 &log_path,
                 memory_cgroup,
+                ContainerIo {
+                    terminal: config.tty,
+                    stdin: config.stdin,
+                    stdin_once: config.stdin_once,
+                },
             )
             .await?;
         let container = ContainerRecord {
@@ -1422,6 +1431,41 @@ impl PodManager {
         })
     }
 
+    /// Checks an Attach request: container `id` exists and runs, stdin is
+    /// asked for only if the container has one, and `tty` matches the
+    /// container's. Returns the full container id.
+    pub async fn check_attach(&self, id: &str, stdin: bool, tty: bool) -> Result<String, PodError> {
+        let container = self.refresh_container(id).await?;
+        if container.state != ContainerState::Running {
+            return Err(PodError::FailedPrecondition(format!(
+                "container {} is not running",
+                container.id
+            )));
+        }
+        let config = container.config();
+        if stdin && !config.stdin {
+            return Err(PodError::InvalidArgument(format!(
+                "container {} has no stdin (its config has stdin: false): attach without stdin",
+                container.id
+            )));
+        }
+        if tty != config.tty {
+            return Err(PodError::InvalidArgument(format!(
+                "container {} {} a TTY: attach with tty {}",
+                container.id,
+                if config.tty { "has" } else { "does not have" },
+                config.tty
+            )));
+        }
+        Ok(container.id)
+    }
+
+    /// The monitor's attach socket of container `id` (see
+    /// [`crate::monitor::attach`]).
+    pub fn attach_socket_dir(&self, id: &str) -> PathBuf {
+        self.container_run_dir(id)
+    }
+
     /// Checks that container `id` exists and runs, as streaming exec needs.
     pub async fn check_exec(&self, id: &str) -> Result<(), PodError> {
         let container = self.refresh_container(id).await?;
@@ -1643,6 +1687,14 @@ async fn remove_files(paths: &[PathBuf]) {
     for path in paths {
         let _ = tokio::fs::remove_file(path).await;
     }
+}
+
+/// A container's terminal and stdin, as its monitor sets them up.
+#[derive(Debug, Clone, Copy, Default)]
+struct ContainerIo {
+    terminal: bool,
+    stdin: bool,
+    stdin_once: bool,
 }
 
 struct Started {

@@ -13,7 +13,7 @@ use crate::config::{CgroupDriver, Config};
 use crate::handler::HandlerTable;
 use crate::pod::PodManager;
 use crate::proto::{self, runtime_service_server::RuntimeService};
-use crate::streaming::{ExecRequest, StreamingServer};
+use crate::streaming::{AttachRequest, ExecRequest, StreamingServer};
 
 /// The kubelet-facing version of the runtime API, as other runtimes report it.
 const KUBELET_API_VERSION: &str = "0.1.0";
@@ -350,6 +350,32 @@ impl RuntimeService for RuntimeSvc {
             stderr: request.stderr,
         });
         Ok(Response::new(proto::ExecResponse { url }))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<proto::AttachRequest>,
+    ) -> Result<Response<proto::AttachResponse>, Status> {
+        let request = request.into_inner();
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(CriError::InvalidArgument(
+                "Attach needs at least one of stdin, stdout and stderr".into(),
+            )
+            .into());
+        }
+        let container_id = self
+            .pods
+            .check_attach(&request.container_id, request.stdin, request.tty)
+            .await
+            .map_err(CriError::from)?;
+        let url = self.streaming.register_attach(AttachRequest {
+            container_id,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+            tty: request.tty,
+        });
+        Ok(Response::new(proto::AttachResponse { url }))
     }
 
     async fn update_runtime_config(

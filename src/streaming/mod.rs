@@ -6,6 +6,7 @@
 //! stores its request under a single-use random token ([`StreamingServer::
 //! register_exec`]) and answers the URL the client then upgrades.
 
+pub mod attach;
 pub mod exec;
 pub mod http;
 pub mod session;
@@ -36,6 +37,16 @@ pub struct ExecRequest {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+}
+
+/// What an Attach RPC asked for, kept until its URL is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub container_id: String,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 /// Single-use tokens with a time to live and a bound on their number.
@@ -110,6 +121,7 @@ fn random_token() -> String {
 pub struct StreamingServer {
     addr: SocketAddr,
     exec_tokens: Mutex<TokenCache<ExecRequest>>,
+    attach_tokens: Mutex<TokenCache<AttachRequest>>,
     pods: Arc<PodManager>,
 }
 
@@ -125,6 +137,7 @@ impl StreamingServer {
         let server = Arc::new(StreamingServer {
             addr,
             exec_tokens: Mutex::new(TokenCache::default()),
+            attach_tokens: Mutex::new(TokenCache::default()),
             pods,
         });
         tokio::spawn(accept_loop(listener, server.clone()));
@@ -148,6 +161,24 @@ impl StreamingServer {
 
     fn take_exec(&self, token: &str) -> Option<ExecRequest> {
         self.exec_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .consume(token, Instant::now())
+    }
+
+    /// Stores an attach request and returns the URL that serves it.
+    pub fn register_attach(&self, request: AttachRequest) -> String {
+        let token = self
+            .attach_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, Instant::now());
+        format!("http://{}/attach/{token}", self.addr)
+    }
+
+    #[allow(dead_code)] // routed in http.rs once the transport adapter lands
+    fn take_attach(&self, token: &str) -> Option<AttachRequest> {
+        self.attach_tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .consume(token, Instant::now())

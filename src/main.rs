@@ -32,6 +32,15 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a runtime's `exec --detach` and wait for its process (started by
+    /// `rcri serve` for exec with a TTY; not for people).
+    #[command(hide = true)]
+    ExecWait {
+        #[arg(long)]
+        pid_file: PathBuf,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -65,6 +74,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // No logging set-up, no async runtime: the monitor stays small and single-threaded.
         Command::Monitor { config } => return rcri::monitor::run(&config),
+        Command::ExecWait { pid_file, command } => {
+            return rcri::monitor::exec_wait::run(&pid_file, &command);
+        }
         Command::Serve(args) => serve(&args),
         Command::Config(ConfigCommand::Check(args)) => check(&args),
     };

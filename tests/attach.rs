@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node, read_log};
+use common::spdy_client::{SUCCESS, open_session};
 use rcri::proto;
+use tonic::Code;
 
 fn log_path(node: &Node, pod_name: &str, container: &str) -> PathBuf {
     PathBuf::from(node.pod_config(pod_name).log_directory).join(format!("{container}.log"))
@@ -73,6 +75,131 @@ async fn tty_containers_get_a_terminal_and_log_its_output() {
         // Output a TTY container writes later still arrives; exec works.
         node.out(&id, &["touch", "/tmp/go"]).await;
         wait_for_log(&log_path(&node, &pod_name, "app"), "stdout F late").await;
+        node.remove_pod(&pod).await;
+    }
+    node.assert_clean();
+}
+
+async fn attach_url(
+    node: &Node,
+    id: &str,
+    stdin: bool,
+    tty: bool,
+) -> Result<String, tonic::Status> {
+    node.client()
+        .await
+        .attach(proto::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty,
+            stdout: true,
+            stderr: !tty,
+        })
+        .await
+        .map(|r| r.into_inner().url)
+}
+
+#[tokio::test]
+async fn attach_sees_output_feeds_stdin_and_stdin_once_closes_it() {
+    let node = Node::start().await;
+    for handler in HANDLERS {
+        let pod = node.run_pod(&format!("attach-{handler}"), handler).await;
+
+        // Output of a running container, both streams.
+        let ticker = node
+            .run(
+                &pod,
+                "ticker",
+                "i=0; while :; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.1; done",
+            )
+            .await;
+        let url = attach_url(&node, &ticker, false, false).await.unwrap();
+        assert!(url.contains("/attach/"), "{url}");
+        let mut session = open_session(&url, false, false).await;
+        session.wait_stdout("tick").await;
+        let stderr = session.stderr.unwrap();
+        session
+            .client
+            .until(&mut session.received, Duration::from_secs(20), |r| {
+                r.text(stderr).contains("tock")
+            })
+            .await;
+        assert!(!session.received.text(session.stdout).contains("tock"));
+        drop(session);
+
+        // Stdin round trip; with stdin_once the first attach that closes
+        // stdin ends the container's stdin: cat exits.
+        let mut config = node.container_config("cat", "exec cat");
+        config.stdin = true;
+        config.stdin_once = true;
+        let cat = create_with(&node, &pod, config).await.unwrap();
+        let url = attach_url(&node, &cat, true, false).await.unwrap();
+        let mut session = open_session(&url, true, false).await;
+        session.send("ping\n").await;
+        session.wait_stdout("ping\n").await;
+        session.client.fin(session.stdin.unwrap()).await;
+        let error = session.wait_end().await;
+        assert_eq!(error, SUCCESS, "{handler}");
+        let status = node.wait_exited(&cat).await;
+        assert_eq!(status.exit_code, 0, "{handler}: cat saw EOF");
+
+        // Refusals.
+        let code = |r: Result<String, tonic::Status>| r.unwrap_err().code();
+        assert_eq!(
+            code(attach_url(&node, "no-such-container", false, false).await),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(attach_url(&node, &ticker, true, false).await),
+            Code::InvalidArgument,
+            "stdin on a container without stdin"
+        );
+        assert_eq!(
+            code(attach_url(&node, &ticker, false, true).await),
+            Code::InvalidArgument,
+            "tty on a container without one"
+        );
+        assert_eq!(
+            code(attach_url(&node, &cat, false, false).await),
+            Code::FailedPrecondition,
+            "an exited container"
+        );
+        node.remove_pod(&pod).await;
+    }
+    node.assert_clean();
+}
+
+#[tokio::test]
+async fn attach_to_a_tty_container_resizes_and_survives_an_rcri_restart() {
+    let mut node = Node::start().await;
+    for handler in HANDLERS {
+        let pod = node
+            .run_pod(&format!("attach-tty-{handler}"), handler)
+            .await;
+        let mut config = node.container_config("shell", "exec sh");
+        config.tty = true;
+        config.stdin = true;
+        let shell = create_with(&node, &pod, config).await.unwrap();
+
+        let url = attach_url(&node, &shell, true, true).await.unwrap();
+        let mut session = open_session(&url, true, true).await;
+        session.resize(100, 40).await;
+        session.send("stty size; tty\n").await;
+        session.wait_stdout("40 100").await;
+        session.wait_stdout("/dev/pts/").await;
+        drop(session);
+
+        // The monitor owns the attach socket: a new rcri attaches again.
+        let (_, log) = node.server.stop_with(nix::sys::signal::Signal::SIGKILL);
+        drop(log);
+        node.server = node.sandbox.serve();
+        let url = attach_url(&node, &shell, true, true).await.unwrap();
+        let mut session = open_session(&url, true, true).await;
+        session.resize(120, 50).await;
+        session.send("stty size; exit 0\n").await;
+        session.wait_stdout("50 120").await;
+        assert_eq!(session.wait_end().await, SUCCESS);
+        node.wait_exited(&shell).await;
         node.remove_pod(&pod).await;
     }
     node.assert_clean();

@@ -1,5 +1,5 @@
-//! Streaming exec over SPDY/3.1 against the real server, with a small SPDY
-//! client written here on top of rcri's frame codec. Needs root, runc, crun,
+//! Streaming exec over SPDY/3.1 against the real server, with the small
+//! SPDY client of `common::spdy_client` on rcri's frame codec. Needs root, runc, crun,
 //! docker-registry and busybox-static (`make test` installs them).
 
 mod common;
@@ -8,114 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node};
+use common::spdy_client::{SUCCESS, V4, split_url, upgrade};
 use rcri::proto;
-use rcri::streaming::spdy::{self, Codec, Frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use rcri::streaming::spdy::{self, Frame};
+use tokio::io::AsyncWriteExt;
 use tonic::Code;
-
-const V4: &str = "v4.channel.k8s.io";
-const SUCCESS: &str = r#"{"metadata":{},"status":"Success"}"#;
-
-/// Splits `http://host:port/path`.
-fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let slash = rest.find('/').expect("a path");
-    (rest[..slash].to_string(), rest[slash..].to_string())
-}
-
-/// Sends the upgrade request; `Ok` with the connection after a 101, else
-/// the status code and the body.
-async fn upgrade(url: &str, protocols: &[&str]) -> Result<SpdyClient, (u16, String)> {
-    let (host, path) = split_url(url);
-    let mut stream = TcpStream::connect(&host).await.unwrap();
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-    );
-    for p in protocols {
-        request.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    if code != 101 {
-        let mut body = buf[end..].to_vec();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
-        return Err((code, String::from_utf8_lossy(&body).into_owned()));
-    }
-    let lower = head.to_ascii_lowercase();
-    assert!(lower.contains("upgrade: spdy/3.1"), "{head}");
-    assert!(lower.contains("connection: upgrade"), "{head}");
-    assert!(
-        lower.contains(&format!("x-stream-protocol-version: {}", protocols[0])),
-        "{head}"
-    );
-    Ok(SpdyClient {
-        stream,
-        codec: Codec::new(),
-        buf: buf.split_off(end),
-        next_id: 1,
-    })
-}
-
-struct SpdyClient {
-    stream: TcpStream,
-    codec: Codec,
-    buf: Vec<u8>,
-    next_id: u32,
-}
-
-impl SpdyClient {
-    async fn send(&mut self, frame: Frame) {
-        let mut out = Vec::new();
-        self.codec.encode(&frame, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    /// Opens a stream of `kind`; returns its id.
-    async fn open(&mut self, kind: &str) -> u32 {
-        let id = self.next_id;
-        self.next_id += 2;
-        self.send(Frame::SynStream {
-            stream_id: id,
-            associated_id: 0,
-            priority: 0,
-            flags: 0,
-            headers: vec![("streamtype".into(), kind.into())],
-        })
-        .await;
-        id
-    }
-
-    /// The next frame; `None` once the server closed the connection.
-    async fn recv(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.codec.decode(&mut self.buf).unwrap() {
-                return Some(frame);
-            }
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(30), self.stream.read(&mut chunk))
-                .await
-                .expect("the server answers within 30 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
 
 #[derive(Debug, Default)]
 struct Session {
@@ -295,9 +192,9 @@ async fn exec_urls_and_requests_are_checked() {
         stdout: true,
         stderr: false,
     };
-    let error = client.exec(request.clone()).await.unwrap_err();
-    assert_eq!(error.code(), Code::InvalidArgument);
-    assert_eq!(error.message(), "TTY exec is not supported yet");
+    // A TTY exec is accepted (tests/streaming_tty.rs runs it).
+    let url = client.exec(request.clone()).await.unwrap().into_inner().url;
+    assert!(url.contains("/exec/"), "{url}");
     request.tty = false;
     request.stdin = false;
     request.stdout = false;

@@ -329,9 +329,6 @@ impl RuntimeService for RuntimeSvc {
         if request.cmd.is_empty() {
             return Err(CriError::InvalidArgument("Exec needs a command".into()).into());
         }
-        if request.tty {
-            return Err(CriError::InvalidArgument("TTY exec is not supported yet".into()).into());
-        }
         if !(request.stdin || request.stdout || request.stderr) {
             return Err(CriError::InvalidArgument(
                 "Exec needs at least one of stdin, stdout and stderr".into(),
@@ -347,7 +344,9 @@ impl RuntimeService for RuntimeSvc {
             cmd: request.cmd,
             stdin: request.stdin,
             stdout: request.stdout,
-            stderr: request.stderr,
+            // A terminal merges stderr into its output.
+            stderr: request.stderr && !request.tty,
+            tty: request.tty,
         });
         Ok(Response::new(proto::ExecResponse { url }))
     }

@@ -219,15 +219,47 @@ impl OciRuntime {
     /// A command running `exec --process FILE --pid-file PID ID`.
     pub fn exec_command(&self, id: &str, process_json: &Path, pid_file: &Path) -> Command {
         let mut command = self.command();
-        command
-            .arg("exec")
-            .arg("--process")
-            .arg(process_json)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id);
+        command.args(exec_args(id, process_json, pid_file, None));
         command
     }
+
+    /// The runtime and every argument of `exec --detach --process FILE
+    /// --pid-file PID --console-socket SOCKET ID`, for a TTY exec run under
+    /// a waiter (see `rcri exec-wait`).
+    pub fn detached_exec_argv(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: &Path,
+        console_socket: &Path,
+    ) -> Vec<std::ffi::OsString> {
+        let mut argv = vec![self.path.clone().into_os_string()];
+        argv.extend(self.global_args.iter().map(Into::into));
+        argv.extend(exec_args(id, process_json, pid_file, Some(console_socket)));
+        argv
+    }
+}
+
+fn exec_args(
+    id: &str,
+    process_json: &Path,
+    pid_file: &Path,
+    console_socket: Option<&Path>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["exec".into()];
+    if console_socket.is_some() {
+        args.push("--detach".into());
+    }
+    args.push("--process".into());
+    args.push(process_json.into());
+    args.push("--pid-file".into());
+    args.push(pid_file.into());
+    if let Some(socket) = console_socket {
+        args.push("--console-socket".into());
+        args.push(socket.into());
+    }
+    args.push(id.into());
+    args
 }
 
 fn is_not_exist(stderr: &str) -> bool {

@@ -29,6 +29,7 @@
 //! while `rcri serve` is down or restarting.
 
 pub mod attach;
+pub mod exec_wait;
 pub mod log;
 mod runtime;
 mod supervise;

@@ -1379,7 +1379,7 @@ impl PodManager {
         timeout_secs: i64,
     ) -> Result<proto::ExecSyncResponse, PodError> {
         let cmd_text = cmd.join(" ");
-        let mut prepared = self.prepare_exec(id, cmd).await?;
+        let mut prepared = self.prepare_exec(id, cmd, false).await?;
         let pid_path = prepared.pid_file.clone();
         prepared
             .command
@@ -1479,10 +1479,16 @@ impl PodManager {
     }
 
     /// Prepares `cmd` to run in running container `id` through its pod's
-    /// handler (`exec --process FILE`), without a terminal, for streaming
-    /// exec. The caller sets up stdio, spawns the command and then calls
-    /// [`PreparedExec::cleanup`].
-    pub async fn prepare_exec(&self, id: &str, cmd: Vec<String>) -> Result<PreparedExec, PodError> {
+    /// handler (`exec --process FILE`). With `terminal`, the process gets a
+    /// TTY: the runtime sends its pty master to [`PreparedExec::console`],
+    /// a socket listening in the container's run directory. The caller sets
+    /// up stdio, spawns the command and then calls [`PreparedExec::cleanup`].
+    pub async fn prepare_exec(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        terminal: bool,
+    ) -> Result<PreparedExec, PodError> {
         if cmd.is_empty() {
             return Err(PodError::InvalidArgument(
                 "the command to run is empty: give at least the program".into(),
@@ -1503,23 +1509,69 @@ impl PodManager {
         let pid_path = run_dir.join(format!("exec-{}.pid", &exec_id[..12]));
         let config_path = run_dir.join("config.json");
         let process_file = process_path.clone();
-        blocking(move || {
+        let socket_name = format!("exec-{}.sock", &exec_id[..12]);
+        let socket_file = run_dir.join(&socket_name);
+        let console = blocking(move || {
             let bytes = std::fs::read(&config_path).map_err(io_error("read", &config_path))?;
             let mut spec: serde_json::Value = serde_json::from_slice(&bytes)
                 .map_err(|e| PodError::Internal(format!("{}: {e}", config_path.display())))?;
             let mut process = spec["process"].take();
             process["args"] = serde_json::json!(cmd);
-            process["terminal"] = serde_json::json!(false);
+            process["terminal"] = serde_json::json!(terminal);
             std::fs::write(&process_file, process.to_string())
-                .map_err(io_error("write", &process_file))
+                .map_err(io_error("write", &process_file))?;
+            if !terminal {
+                return Ok(None);
+            }
+            // The path may be too long for a socket address: bind and hand
+            // it to the runtime through a descriptor of the directory.
+            let ours = crate::tty::SocketPath::new(&run_dir, &socket_name, None)
+                .map_err(io_error("open", &run_dir))?;
+            let listener = std::os::unix::net::UnixListener::bind(&ours.path)
+                .map_err(io_error("listen on", &run_dir.join(&socket_name)))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(io_error("listen on", &run_dir.join(&socket_name)))?;
+            let theirs =
+                crate::tty::SocketPath::new(&run_dir, &socket_name, Some(std::process::id()))
+                    .map_err(io_error("open", &run_dir))?;
+            Ok(Some((listener, theirs)))
         })
         .await?;
-        let command = runtime.exec_command(&container.id, &process_path, &pid_path);
+        let (console, console_path) = match console {
+            Some((listener, path)) => {
+                let listener = tokio::net::UnixListener::from_std(listener)
+                    .map_err(io_error("listen on", &socket_file))?;
+                (Some(listener), Some(path))
+            }
+            None => (None, None),
+        };
+        let command = match &console_path {
+            None => runtime.exec_command(&container.id, &process_path, &pid_path),
+            Some(socket) => {
+                let mut command = tokio::process::Command::new(&self.monitor_exe);
+                command
+                    .arg("exec-wait")
+                    .arg("--pid-file")
+                    .arg(&pid_path)
+                    .arg("--")
+                    .args(runtime.detached_exec_argv(
+                        &container.id,
+                        &process_path,
+                        &pid_path,
+                        &socket.path,
+                    ))
+                    .kill_on_drop(true);
+                command
+            }
+        };
         Ok(PreparedExec {
             command,
             runtime_path: runtime.path.clone(),
             pid_file: pid_path,
             process_file: process_path,
+            console,
+            console_file: console_path.map(|path| (socket_file, path)),
         })
     }
 
@@ -1674,12 +1726,22 @@ pub struct PreparedExec {
     /// Where the runtime writes the pid of the command (in rcri's namespace).
     pub pid_file: PathBuf,
     process_file: PathBuf,
+    /// With a terminal: where the runtime sends the pty master.
+    pub console: Option<tokio::net::UnixListener>,
+    /// The console socket's file, and the path the runtime was given (kept
+    /// so the directory descriptor it may go through stays open).
+    console_file: Option<(PathBuf, crate::tty::SocketPath)>,
 }
 
 impl PreparedExec {
-    /// Removes the process and pid files once the command has exited.
+    /// Removes the process and pid files (and the console socket) once the
+    /// command has exited.
     pub async fn cleanup(&self) {
-        remove_files(&[self.process_file.clone(), self.pid_file.clone()]).await;
+        let mut files = vec![self.process_file.clone(), self.pid_file.clone()];
+        if let Some((file, _)) = &self.console_file {
+            files.push(file.clone());
+        }
+        remove_files(&files).await;
     }
 }
 

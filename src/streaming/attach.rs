@@ -157,18 +157,7 @@ pub async fn serve(mut conn: Connection, protocol: Protocol, request: AttachRequ
         };
         match event {
             ClientEvent::Open { id, headers } => {
-                let kind = headers
-                    .iter()
-                    .find(|(name, _)| name == "streamtype")
-                    .map(|(_, value)| value.as_str())
-                    .unwrap_or_default();
-                let answer = match streams.slot(kind) {
-                    Some(slot) if slot.is_none() => {
-                        *slot = Some(id);
-                        ServerEvent::Accept { id }
-                    }
-                    _ => ServerEvent::Refuse { id },
-                };
+                let answer = accept(&mut streams, id, &headers);
                 if conn.out.send(answer).await.is_err() {
                     return conn.close().await;
                 }
@@ -179,7 +168,7 @@ pub async fn serve(mut conn: Connection, protocol: Protocol, request: AttachRequ
     }
 
     let outcome = match connect_monitor(dir).await {
-        Ok(monitor) => pump(&mut conn, &request, &streams, monitor, early).await,
+        Ok(monitor) => pump(&mut conn, &request, &mut streams, monitor, early).await,
         Err(e) => Some(Outcome::Failed(format!(
             "cannot attach to container {}: it is not running ({e})",
             request.container_id
@@ -204,13 +193,32 @@ pub async fn serve(mut conn: Connection, protocol: Protocol, request: AttachRequ
     conn.close().await;
 }
 
+/// Takes stream `id` into its free slot, or refuses it.
+fn accept(streams: &mut Streams, id: u32, headers: &[(String, String)]) -> ServerEvent {
+    let kind = headers
+        .iter()
+        .find(|(name, _)| name == "streamtype")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    match streams.slot(kind) {
+        Some(slot) if slot.is_none() => {
+            *slot = Some(id);
+            ServerEvent::Accept { id }
+        }
+        _ => {
+            tracing::info!(streamtype = %kind, "streaming attach: refusing a stream");
+            ServerEvent::Refuse { id }
+        }
+    }
+}
+
 /// Moves data between the client and the monitor. `Some` when the
 /// container's output ended (the session ends normally), `None` when the
 /// client went away.
 async fn pump(
     conn: &mut Connection,
     request: &AttachRequest,
-    streams: &Streams,
+    streams: &mut Streams,
     monitor: UnixStream,
     early: Vec<ClientEvent>,
 ) -> Option<Outcome> {
@@ -271,7 +279,11 @@ async fn pump(
             break None;
         };
         let ok = match event {
-            ClientEvent::Open { id, .. } => conn.out.send(ServerEvent::Refuse { id }).await.is_ok(),
+            // A stream opened late, e.g. the resize stream.
+            ClientEvent::Open { id, headers } => {
+                let answer = accept(streams, id, &headers);
+                conn.out.send(answer).await.is_ok()
+            }
             ClientEvent::Data { id, data } if Some(id) == streams.stdin && stdin_open => {
                 send_frame(&mut to_monitor, TAG_STDIN, &data).await
             }

@@ -1,5 +1,5 @@
-//! The remotecommand session for exec without a TTY, over any transport
-//! ([`Connection`]).
+//! The remotecommand session for exec, with or without a TTY, over any
+//! transport ([`Connection`]).
 //!
 //! The client opens one stream per channel (header `streamtype`: `error`,
 //! `stdin`, `stdout`, `stderr`, `resize`); the server accepts each. Once the
@@ -10,17 +10,31 @@
 //! `metav1.Status`; older versions: the error text, nothing on success),
 //! every stream is finished and the connection closed.
 //!
+//! With a TTY, the runtime gets `--console-socket` (a socket rcri listens on
+//! in the container's run directory) and sends the pty master there: the
+//! process's output comes from the master on the stdout stream (there is no
+//! stderr), stdin goes to the master, and `{"Width":W,"Height":H}` messages
+//! on the resize stream set the window size. When the client closes stdin
+//! the terminal gets the EOF character (^D).
+//!
 //! Back-pressure: output is read from the process only as fast as the
 //! connection takes it, and stdin is read from the connection only as fast
 //! as the process takes it.
 
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::net::UnixListener;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ExecRequest;
+use super::attach::{TerminalSize, parse_sizes};
 use super::session::{ClientEvent, Connection, ServerEvent};
 use crate::pod::{PodManager, PreparedExec};
 
@@ -172,6 +186,8 @@ impl Streams {
 /// The running command: its stdin queue, and its outcome.
 struct Running {
     stdin: Option<mpsc::Sender<Vec<u8>>>,
+    /// The pty master, with a TTY.
+    terminal: Option<Arc<AsyncFd<OwnedFd>>>,
     cancel: Option<oneshot::Sender<()>>,
     done: oneshot::Receiver<Outcome>,
 }
@@ -190,6 +206,8 @@ pub async fn serve(
     let mut early_len = 0usize;
     let mut stdin_closed = false;
     let mut running: Option<Running> = None;
+    let mut resize_buf = Vec::new();
+    let mut early_size: Option<TerminalSize> = None;
     let creation_deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
 
     let outcome: Option<Outcome> = loop {
@@ -250,6 +268,15 @@ pub async fn serve(
                     None => {}
                 }
             }
+            ClientEvent::Data { id, data } if Some(id) == streams.resize => {
+                resize_buf.extend_from_slice(&data);
+                for size in parse_sizes(&mut resize_buf) {
+                    match running.as_ref().and_then(|r| r.terminal.as_ref()) {
+                        Some(master) => resize(master, size),
+                        None => early_size = Some(size),
+                    }
+                }
+            }
             ClientEvent::Fin { id } | ClientEvent::Reset { id } if Some(id) == streams.stdin => {
                 stdin_closed = true;
                 if let Some(run) = running.as_mut() {
@@ -271,6 +298,9 @@ pub async fn serve(
             }
             if stdin_closed {
                 run.stdin = None;
+            }
+            if let (Some(master), Some(size)) = (run.terminal.as_ref(), early_size.take()) {
+                resize(master, size);
             }
             running = Some(run);
         }
@@ -313,8 +343,11 @@ async fn start(
     pods: &Arc<PodManager>,
     out: mpsc::Sender<ServerEvent>,
 ) -> Result<Running, String> {
+    if request.tty {
+        return start_tty(request, streams, pods, out).await;
+    }
     let mut prepared = pods
-        .prepare_exec(&request.container_id, request.cmd.clone())
+        .prepare_exec(&request.container_id, request.cmd.clone(), false)
         .await
         .map_err(|e| e.to_string())?;
     let null = std::process::Stdio::null;
@@ -364,9 +397,202 @@ async fn start(
     });
     Ok(Running {
         stdin,
+        terminal: None,
         cancel: Some(cancel_tx),
         done: done_rx,
     })
+}
+
+/// How long the runtime may take to send the pty master.
+const CONSOLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Spawns the command with a terminal and the tasks that pump it.
+async fn start_tty(
+    request: &ExecRequest,
+    streams: &Streams,
+    pods: &Arc<PodManager>,
+    out: mpsc::Sender<ServerEvent>,
+) -> Result<Running, String> {
+    let null = std::process::Stdio::null;
+    let mut prepared = pods
+        .prepare_exec(&request.container_id, request.cmd.clone(), true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(listener) = prepared.console.take() else {
+        prepared.cleanup().await;
+        return Err("no console socket was prepared".into());
+    };
+    prepared
+        .command
+        .stdin(null())
+        .stdout(null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = match prepared.command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            prepared.cleanup().await;
+            return Err(format!(
+                "cannot run the runtime {}: {e}",
+                prepared.runtime_path.display()
+            ));
+        }
+    };
+    let mut pumps = Vec::new();
+    // The runtime's own errors (a missing program…) show on the terminal's stream.
+    if let (Some(pipe), Some(id)) = (child.stderr.take(), streams.stdout) {
+        pumps.push(tokio::spawn(pump_output(Pipe::Err(pipe), id, out.clone())));
+    }
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel();
+    let received = tokio::select! {
+        master = tokio::time::timeout(CONSOLE_TIMEOUT, receive_master(&listener)) => {
+            Some(master.unwrap_or_else(|_| Err(io::Error::other("timed out"))))
+        }
+        // The runtime failed before it made a terminal.
+        _ = child.wait() => None,
+    };
+    drop(listener);
+    let master = match received {
+        Some(Ok(master)) => master,
+        Some(Err(e)) => {
+            let _ = child.kill().await;
+            prepared.cleanup().await;
+            return Err(format!(
+                "the runtime {} sent no terminal: {e}",
+                prepared.runtime_path.display()
+            ));
+        }
+        None => {
+            tokio::spawn(async move {
+                let outcome = wait(&mut child, &prepared, pumps, cancel_rx).await;
+                prepared.cleanup().await;
+                let _ = done_tx.send(outcome);
+            });
+            return Ok(Running {
+                stdin: None,
+                terminal: None,
+                cancel: Some(cancel_tx),
+                done: done_rx,
+            });
+        }
+    };
+    // SAFETY: `master` is an owned, open descriptor that the AsyncFd owns
+    // from now on; nothing else closes or replaces it while registered.
+    let registered = set_nonblocking(&master)
+        .and_then(|()| unsafe { AsyncFd::register(master) }.map_err(|e| e.into_parts().1));
+    let master = match registered {
+        Ok(master) => Arc::new(master),
+        Err(e) => {
+            let _ = child.kill().await;
+            prepared.cleanup().await;
+            return Err(format!("cannot use the terminal: {e}"));
+        }
+    };
+    pumps.push(tokio::spawn(pump_terminal(
+        master.clone(),
+        streams.stdout,
+        out.clone(),
+    )));
+    let stdin = request.stdin.then(|| {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let master = master.clone();
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if write_master(&master, &data).await.is_err() {
+                    return;
+                }
+            }
+            // The client closed stdin: type the EOF character.
+            let _ = write_master(&master, b"\x04").await;
+        });
+        tx
+    });
+    tokio::spawn(async move {
+        let outcome = wait(&mut child, &prepared, pumps, cancel_rx).await;
+        prepared.cleanup().await;
+        let _ = done_tx.send(outcome);
+    });
+    Ok(Running {
+        stdin,
+        terminal: Some(master),
+        cancel: Some(cancel_tx),
+        done: done_rx,
+    })
+}
+
+/// Accepts the runtime's connection and receives the pty master, without
+/// blocking a worker: `recvmsg` runs only once the socket is readable.
+async fn receive_master(listener: &UnixListener) -> io::Result<OwnedFd> {
+    let (stream, _) = listener.accept().await?;
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || crate::tty::recv_fd(stream.as_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = fcntl(fd.as_fd(), FcntlArg::F_GETFL)?;
+    fcntl(
+        fd.as_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
+fn resize(master: &AsyncFd<OwnedFd>, size: TerminalSize) {
+    if let Err(e) = crate::tty::set_window_size(master.get_ref().as_fd(), size.width, size.height) {
+        tracing::info!(error = %e, "streaming exec: cannot resize the terminal");
+    }
+}
+
+async fn write_master(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = master.writable().await?;
+        match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The terminal's output to stream `stdout` (read and dropped without one,
+/// so the process never blocks on a full terminal). Ends when the last
+/// process holding the terminal exits (the master then reads EIO).
+async fn pump_terminal(
+    master: Arc<AsyncFd<OwnedFd>>,
+    stdout: Option<u32>,
+    out: mpsc::Sender<ServerEvent>,
+) {
+    loop {
+        let mut chunk = vec![0u8; CHUNK];
+        let n = loop {
+            let Ok(mut guard) = master.readable().await else {
+                return;
+            };
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.get_ref(), &mut chunk).map_err(io::Error::from))
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(n)) => break n,
+                Err(_would_block) => {}
+            }
+        };
+        chunk.truncate(n);
+        if let Some(id) = stdout
+            && out
+                .send(ServerEvent::Data { id, data: chunk })
+                .await
+                .is_err()
+        {
+            return;
+        }
+    }
 }
 
 enum Pipe {

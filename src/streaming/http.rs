@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::exec::{self, Protocol};
-use super::{StreamingServer, spdy_transport};
+use super::{StreamingServer, attach, spdy_transport};
 
 /// The request head may not be larger than this.
 const MAX_HEAD: usize = 16 * 1024;
@@ -162,11 +162,14 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
             return;
         }
     };
-    let token = head.path.strip_prefix("/exec/").unwrap_or_default();
-    let request = if token.is_empty() || !(head.method == "GET" || head.method == "POST") {
+    let request = if !(head.method == "GET" || head.method == "POST") {
         None
+    } else if let Some(token) = head.path.strip_prefix("/exec/") {
+        server.take_exec(token).map(Target::Exec)
+    } else if let Some(token) = head.path.strip_prefix("/attach/") {
+        server.take_attach(token).map(Target::Attach)
     } else {
-        server.take_exec(token)
+        None
     };
     let Some(request) = request else {
         let _ = stream
@@ -189,7 +192,19 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
         return;
     }
     let conn = spdy_transport::connect(stream, leftover, server.idle_timeout());
-    exec::serve(conn, protocol, request, server.pods().clone()).await;
+    match request {
+        Target::Exec(request) => exec::serve(conn, protocol, request, server.pods().clone()).await,
+        Target::Attach(request) => {
+            let dir = server.pods().attach_socket_dir(&request.container_id);
+            attach::serve(conn, protocol, request, dir).await
+        }
+    }
+}
+
+/// What an upgrade URL's token stood for.
+enum Target {
+    Exec(super::ExecRequest),
+    Attach(super::AttachRequest),
 }
 
 #[cfg(test)]

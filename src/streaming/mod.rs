@@ -38,6 +38,8 @@ pub struct ExecRequest {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+    /// Run the command on a terminal (then there is no stderr).
+    pub tty: bool,
 }
 
 /// What an Attach RPC asked for, kept until its URL is used.
@@ -184,7 +186,6 @@ impl StreamingServer {
         format!("http://{}/attach/{token}", self.addr)
     }
 
-    #[allow(dead_code)] // routed in http.rs once the transport adapter lands
     fn take_attach(&self, token: &str) -> Option<AttachRequest> {
         self.attach_tokens
             .lock()

@@ -21,21 +21,24 @@ async fn runc_crun_and_runsc_pods_side_by_side() {
     let node = Node::start_with(&runsc_handler()).await;
     let mut pods = Vec::new();
     let mut kernels = Vec::new();
+    let mut names = Vec::new();
     for handler in ["", "crun", "runsc"] {
-        let pod = node
-            .run_pod(
-                &format!(
-                    "seed-{}",
-                    if handler.is_empty() {
-                        "default"
-                    } else {
-                        handler
-                    }
-                ),
-                handler,
+        let name = format!(
+            "seed-{}",
+            if handler.is_empty() {
+                "default"
+            } else {
+                handler
+            }
+        );
+        let pod = node.run_pod(&name, handler).await;
+        let app = node
+            .run(
+                &pod,
+                "app",
+                "echo started; echo warned >&2; exec sleep 1000",
             )
             .await;
-        let app = node.run(&pod, "app", "echo started; exec sleep 1000").await;
         let sidecar = node.run(&pod, "sidecar", "exec sleep 1000").await;
         assert_eq!(
             node.status(&app).await.state,
@@ -48,6 +51,7 @@ async fn runc_crun_and_runsc_pods_side_by_side() {
             "containers of a pod share its kernel"
         );
         pods.push((pod, app, handler));
+        names.push(name);
     }
     let host = std::fs::read_to_string("/proc/version").unwrap();
     assert_eq!(kernels[0], host, "runc sees the host kernel");
@@ -58,6 +62,21 @@ async fn runc_crun_and_runsc_pods_side_by_side() {
         "gVisor reports its own kernel: {}",
         kernels[2]
     );
+    // Every app container's output reaches its CRI log, a gVisor one's too
+    // (its stdio comes from `runsc start`, which gets the monitor's FIFOs).
+    for name in &names {
+        let path = std::path::Path::new(&node.pod_config(name).log_directory).join("app.log");
+        let mut log = String::new();
+        for _ in 0..250 {
+            log = common::node::read_log(&path);
+            if log.contains(" stdout F started") && log.contains(" stderr F warned") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(log.contains(" stdout F started"), "{name}: {log:?}");
+        assert!(log.contains(" stderr F warned"), "{name}: {log:?}");
+    }
     let (_, gvisor_app, _) = &pods[2];
 
     // Stop a gVisor container on its own: its exit is seen although it runs

@@ -130,12 +130,22 @@ impl OciRuntime {
         Ok(output)
     }
 
-    /// Starts a created container. `start`'s own stdout and stderr go to
-    /// `output` (a file, read back for the error text), never to a pipe read
-    /// until end-of-file: some runtimes (runsc for a pod's second container)
-    /// hand `start`'s stdio to the container, so such a pipe would stay open
-    /// as long as the container runs.
-    pub async fn start(&self, id: &str, output: &Path) -> Result<(), RuntimeError> {
+    /// Starts a created container.
+    ///
+    /// `start`'s own stdout and stderr are never a pipe read until
+    /// end-of-file: some runtimes (runsc for a pod's second container) hand
+    /// `start`'s stdio to the container, so such a pipe would stay open as
+    /// long as the container runs. With `stdio` (the write ends of the
+    /// monitor's start FIFOs) they go there, so such a container's output
+    /// reaches its log; the runtime's own messages then go to its `--log`
+    /// file `output`, read back for the error text. Without, both go to
+    /// `output`.
+    pub async fn start(
+        &self,
+        id: &str,
+        output: &Path,
+        stdio: Option<[std::fs::File; 2]>,
+    ) -> Result<(), RuntimeError> {
         let spawn_error = |source| RuntimeError::Spawn {
             handler: self.handler.clone(),
             path: self.path.clone(),
@@ -146,14 +156,25 @@ impl OciRuntime {
             .map_err(spawn_error)?
             .into_std()
             .await;
-        let stderr = file.try_clone().map_err(spawn_error)?;
         let mut command = self.command();
-        command
-            .arg("start")
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(stderr);
+        let with_fifos = stdio.is_some();
+        match stdio {
+            Some([stdout, stderr]) => {
+                drop(file);
+                command
+                    .arg("--log")
+                    .arg(output)
+                    .arg("start")
+                    .arg(id)
+                    .stdout(stdout)
+                    .stderr(stderr);
+            }
+            None => {
+                let stderr = file.try_clone().map_err(spawn_error)?;
+                command.arg("start").arg(id).stdout(file).stderr(stderr);
+            }
+        }
+        command.stdin(Stdio::null());
         let status = match tokio::time::timeout(VERB_TIMEOUT, command.status()).await {
             Err(_) => {
                 return Err(RuntimeError::Timeout {
@@ -167,12 +188,22 @@ impl OciRuntime {
         };
         if !status.success() {
             let text = tokio::fs::read(output).await.unwrap_or_default();
+            let stderr = if with_fifos {
+                let text = crate::monitor::runtime_error_text(&String::from_utf8_lossy(&text), b"");
+                if text.is_empty() {
+                    "(no error output; see the container's log)".to_string()
+                } else {
+                    text
+                }
+            } else {
+                runtime_message(&text)
+            };
             return Err(RuntimeError::Failed {
                 handler: self.handler.clone(),
                 verb: "start".into(),
                 id: id.to_string(),
                 status: status.to_string(),
-                stderr: runtime_message(&text),
+                stderr,
             });
         }
         Ok(())

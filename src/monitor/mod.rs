@@ -17,7 +17,10 @@
 //! 3. answers on the sync pipe with one JSON line, [`SyncReply`]:
 //!    `{"ok":true,"pid":N}` or `{"ok":false,"error":"…"}` (then exits 1), and
 //!    closes it;
-//! 4. writes the container's output to `log_path` in the CRI format
+//! 4. writes the container's output to `log_path` (also what arrives on the
+//!    FIFOs `BUNDLE/start-stdout` and `BUNDLE/start-stderr`, which rcri gives
+//!    the runtime's `start` as stdout and stderr: runsc hands a pod's second
+//!    container the stdio of `start`) in the CRI format
 //!    ([`log`]), reopening the file on SIGUSR1 (ReopenContainerLog), and
 //!    serves attach clients and the container's stdin on
 //!    `BUNDLE/attach.sock` ([`attach`]);
@@ -33,6 +36,9 @@ pub mod exec_wait;
 pub mod log;
 mod runtime;
 mod supervise;
+
+pub use runtime::error_text as runtime_error_text;
+pub use supervise::START_FIFOS;
 
 #[cfg(test)]
 mod tests;

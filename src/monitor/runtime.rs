@@ -40,7 +40,7 @@ struct Entry {
 /// not structured at all, then the stderr text unless it only repeats them.
 /// Only when neither exists are lower-level messages used. Empty if the
 /// runtime said nothing.
-pub(super) fn error_text(runtime_log: &str, stderr: &[u8]) -> String {
+pub fn error_text(runtime_log: &str, stderr: &[u8]) -> String {
     let entries: Vec<Entry> = runtime_log
         .lines()
         .map(str::trim)

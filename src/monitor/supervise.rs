@@ -42,8 +42,22 @@ const REAPED_KEEP: usize = 64;
 const CONSOLE_WAIT: Duration = Duration::from_secs(5);
 /// After the exit, how long attach clients have to take their last output.
 const ATTACH_FLUSH: Duration = Duration::from_secs(1);
-/// The streams of the output descriptors: stdout pipe, stderr pipe, pty master.
-const STREAMS: [Stream; 3] = [Stream::Stdout, Stream::Stderr, Stream::Stdout];
+/// The output descriptors: the stdout and stderr pipes, the pty master, and
+/// the start FIFOs' read ends.
+const OUTPUTS: usize = 5;
+/// Their streams.
+const STREAMS: [Stream; OUTPUTS] = [
+    Stream::Stdout,
+    Stream::Stderr,
+    Stream::Stdout,
+    Stream::Stdout,
+    Stream::Stderr,
+];
+/// The outputs whose end the monitor waits for after the exit; the start
+/// FIFOs after them never end (the monitor holds a writer of each).
+const WAITED: usize = 3;
+/// The FIFOs rcri passes as `start`'s stdout and stderr (see [`start_fifos`]).
+pub const START_FIFOS: [&str; 2] = ["start-stdout", "start-stderr"];
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug)]
@@ -96,7 +110,7 @@ struct Signals {
 #[derive(Default)]
 struct Ready {
     signal: bool,
-    pipes: [bool; 3],
+    pipes: [bool; OUTPUTS],
     /// The whole poll set, for the attach hub's entries.
     fds: Vec<libc::pollfd>,
 }
@@ -122,7 +136,7 @@ struct Monitor<'a> {
     signals: SignalFd,
     /// Our ends of the container's stdout and stderr pipes, and the pty
     /// master of a TTY container; None after EOF.
-    pipes: [Option<OwnedFd>; 3],
+    pipes: [Option<OwnedFd>; OUTPUTS],
     /// Attach clients and the container's stdin, once created.
     hub: Option<Hub>,
     /// Children reaped before the init pid was known.
@@ -184,6 +198,7 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
         None
     };
     let attach = bind_attach(&config.bundle)?;
+    let [start_out, start_err] = start_fifos(&config.bundle)?;
     let fifo = stdin_fifo(config)?;
     // A TTY container reads the pty; otherwise a pipe we write into.
     let (container_stdin, sink) = if config.stdin && !config.terminal {
@@ -197,7 +212,7 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
     let mut monitor = Monitor {
         config,
         signals,
-        pipes: [Some(out_read), Some(err_read), None],
+        pipes: [Some(out_read), Some(err_read), None, None, None],
         hub: None,
         reaped: Vec::new(),
     };
@@ -213,6 +228,8 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
         }
         monitor.pipes[2] = Some(dup(master)?);
     }
+    monitor.pipes[3] = Some(start_out);
+    monitor.pipes[4] = Some(start_err);
     let stdin = Stdin::new(sink, config.terminal, config.stdin_once, fifo);
     monitor.hub = Some(Hub::new(Some(attach), stdin, created.master.take()));
     Ok((monitor, created))
@@ -279,6 +296,29 @@ impl ConsoleSocket {
         let _ = fs::remove_file(&self.file);
         Ok(master)
     }
+}
+
+/// Creates and opens the start FIFOs in the bundle: rcri passes their write
+/// ends as the stdout and stderr of the runtime's `start`. Some runtimes
+/// (runsc, for a pod's second container) give the container the stdio of
+/// `start` rather than of `create`; its output then arrives here. Opened
+/// read-write and non-blocking: opening never blocks and they never report
+/// end-of-file, so the monitor does not wait for them to end.
+fn start_fifos(bundle: &Path) -> Result<[OwnedFd; 2], String> {
+    let open = |name: &str| {
+        let path = bundle.join(name);
+        let _ = fs::remove_file(&path);
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))
+            .map_err(|e| format!("cannot create the FIFO {}: {e}", path.display()))?;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| format!("cannot open the FIFO {}: {e}", path.display()))
+    };
+    Ok([open(START_FIFOS[0])?, open(START_FIFOS[1])?])
 }
 
 /// Listens on `attach.sock` in the bundle (see [`super::attach`]).
@@ -497,7 +537,7 @@ impl Monitor<'_> {
         let mut deadline = exit.map(|_| Instant::now() + DRAIN_AFTER_EXIT);
         let mut buf = [0u8; READ_CHUNK];
         loop {
-            if exit.is_some() && self.pipes.iter().all(Option::is_none) {
+            if exit.is_some() && self.pipes[..WAITED].iter().all(Option::is_none) {
                 break;
             }
             let timeout = match deadline {
@@ -572,6 +612,15 @@ impl Monitor<'_> {
                 deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
         }
+        // What is left in the start FIFOs.
+        for (i, stream) in STREAMS.into_iter().enumerate().skip(WAITED) {
+            while let Chunk::Data(n) = self.read_pipe(i, &mut buf) {
+                if let Some(hub) = self.hub.as_mut() {
+                    hub.broadcast(stream, &buf[..n]);
+                }
+                let _ = log.write(stream, &buf[..n]);
+            }
+        }
         if let Err(e) = log.finish() {
             diag(format_args!(
                 "cannot write the log {}: {e}",
@@ -616,7 +665,7 @@ impl Monitor<'_> {
                 events: 0,
                 revents: 0,
             };
-            4
+            1 + OUTPUTS
         ];
         fds[0].fd = self.signals.as_raw_fd();
         fds[0].events = libc::POLLIN;
@@ -647,7 +696,7 @@ impl Monitor<'_> {
         let ready = |fd: &libc::pollfd| fd.revents != 0;
         Ok(Ready {
             signal: ready(&fds[0]),
-            pipes: [ready(&fds[1]), ready(&fds[2]), ready(&fds[3])],
+            pipes: std::array::from_fn(|i| ready(&fds[i + 1])),
             fds,
         })
     }

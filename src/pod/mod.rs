@@ -444,7 +444,8 @@ impl PodManager {
                 io,
             )
             .await?;
-        runtime.start(id, &bundle.join("start.log")).await?;
+        let stdio = open_start_fifos(bundle).await;
+        runtime.start(id, &bundle.join("start.log"), stdio).await?;
         Ok(created)
     }
 
@@ -1081,8 +1082,10 @@ impl PodManager {
         }
         let pod = self.pod_of(&container).await?;
         let runtime = self.runtime_of(&pod.handler)?;
-        let start_log = self.container_run_dir(&container.id).join("start.log");
-        if let Err(e) = runtime.start(&container.id, &start_log).await {
+        let run_dir = self.container_run_dir(&container.id);
+        let stdio = open_start_fifos(&run_dir).await;
+        let start_log = run_dir.join("start.log");
+        if let Err(e) = runtime.start(&container.id, &start_log, stdio).await {
             container.state = ContainerState::Exited;
             container.finished_at = now_nanos();
             container.exit_code = 128;
@@ -1748,6 +1751,42 @@ impl PreparedExec {
 async fn remove_files(paths: &[PathBuf]) {
     for path in paths {
         let _ = tokio::fs::remove_file(path).await;
+    }
+}
+
+/// The write ends of the monitor's start FIFOs in `bundle` (see
+/// [`OciRuntime::start`]), blocking as stdio must be; None when they cannot
+/// be opened (no monitor reads them: a container created before they
+/// existed, or one whose monitor is gone).
+async fn open_start_fifos(bundle: &Path) -> Option<[std::fs::File; 2]> {
+    let bundle = bundle.to_path_buf();
+    let opened = tokio::task::spawn_blocking(move || {
+        let open = |name: &str| -> std::io::Result<std::fs::File> {
+            use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+            // Non-blocking, an open without a reader fails (ENXIO) instead of waiting.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(bundle.join(name))?;
+            if !file.metadata()?.file_type().is_fifo() {
+                return Err(std::io::Error::other("not a FIFO"));
+            }
+            let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = nix::fcntl::OFlag::from_bits_retain(flags) & !nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags))?;
+            Ok(file)
+        };
+        let [out, err] = monitor::START_FIFOS;
+        Ok::<_, std::io::Error>([open(out)?, open(err)?])
+    })
+    .await;
+    match opened {
+        Ok(Ok(files)) => Some(files),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "no start FIFOs; start's output goes to a file");
+            None
+        }
+        Err(_) => None,
     }
 }
 

@@ -11,6 +11,8 @@
 
 mod files;
 mod netns;
+
+pub use netns::{ConnectError, PodNetwork};
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
@@ -1420,6 +1422,46 @@ impl PodManager {
             stderr: stderr.await.unwrap_or_default(),
             exit_code: status.code().unwrap_or(255),
         })
+    }
+
+    /// Checks that pod `id` exists and is ready, as port-forward needs;
+    /// returns its full id.
+    pub async fn check_port_forward(&self, id: &str) -> Result<String, PodError> {
+        let (id, state) = {
+            let tables = self.tables.lock().await;
+            let id = Self::resolve_pod_id(&tables, id)
+                .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+            let state = tables.pods[&id].state;
+            (id, state)
+        };
+        if state != PodState::Ready || self.exit_of_pod(&id).is_some() {
+            return Err(PodError::FailedPrecondition(format!(
+                "pod sandbox {id} is not ready (its infra container is stopped): ports can be forwarded only into a running pod"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// The network namespace of ready pod `id`, open for port-forward
+    /// connections (the host's for a host-network pod).
+    pub async fn pod_network(&self, id: &str) -> Result<PodNetwork, PodError> {
+        let id = self.check_port_forward(id).await?;
+        let netns = self
+            .tables
+            .lock()
+            .await
+            .pods
+            .get(&id)
+            .map(|pod| pod.netns.clone())
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        blocking(move || {
+            PodNetwork::open(netns.as_deref()).map_err(|source| PodError::Io {
+                action: "open the network namespace",
+                path: netns.unwrap_or_default(),
+                source,
+            })
+        })
+        .await
     }
 
     /// Checks that container `id` exists and runs, as streaming exec needs.

@@ -13,7 +13,7 @@ use crate::config::{CgroupDriver, Config};
 use crate::handler::HandlerTable;
 use crate::pod::PodManager;
 use crate::proto::{self, runtime_service_server::RuntimeService};
-use crate::streaming::{ExecRequest, StreamingServer};
+use crate::streaming::{ExecRequest, PortForwardRequest, StreamingServer};
 
 /// The kubelet-facing version of the runtime API, as other runtimes report it.
 const KUBELET_API_VERSION: &str = "0.1.0";
@@ -350,6 +350,39 @@ impl RuntimeService for RuntimeSvc {
             stderr: request.stderr,
         });
         Ok(Response::new(proto::ExecResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<proto::PortForwardRequest>,
+    ) -> Result<Response<proto::PortForwardResponse>, Status> {
+        let request = request.into_inner();
+        if request.pod_sandbox_id.is_empty() {
+            return Err(
+                CriError::InvalidArgument("PortForward needs a pod sandbox id".into()).into(),
+            );
+        }
+        let mut ports = Vec::with_capacity(request.port.len());
+        for port in &request.port {
+            match u16::try_from(*port) {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => {
+                    return Err(CriError::InvalidArgument(format!(
+                        "port {port} cannot be forwarded: ports are from 1 to 65535"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let pod_id = self
+            .pods
+            .check_port_forward(&request.pod_sandbox_id)
+            .await
+            .map_err(CriError::from)?;
+        let url = self
+            .streaming
+            .register_port_forward(PortForwardRequest { pod_id, ports });
+        Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
     async fn update_runtime_config(

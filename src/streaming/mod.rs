@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod http;
+pub mod portforward;
 pub mod session;
 pub mod spdy;
 
@@ -36,6 +37,14 @@ pub struct ExecRequest {
     pub stdin: bool,
     pub stdout: bool,
     pub stderr: bool,
+}
+
+/// What a PortForward RPC asked for, kept until its URL is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortForwardRequest {
+    pub pod_id: String,
+    /// The only ports that may be forwarded; empty: any.
+    pub ports: Vec<u16>,
 }
 
 /// Single-use tokens with a time to live and a bound on their number.
@@ -110,6 +119,7 @@ fn random_token() -> String {
 pub struct StreamingServer {
     addr: SocketAddr,
     exec_tokens: Mutex<TokenCache<ExecRequest>>,
+    portforward_tokens: Mutex<TokenCache<PortForwardRequest>>,
     pods: Arc<PodManager>,
 }
 
@@ -125,6 +135,7 @@ impl StreamingServer {
         let server = Arc::new(StreamingServer {
             addr,
             exec_tokens: Mutex::new(TokenCache::default()),
+            portforward_tokens: Mutex::new(TokenCache::default()),
             pods,
         });
         tokio::spawn(accept_loop(listener, server.clone()));
@@ -151,6 +162,16 @@ impl StreamingServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .consume(token, Instant::now())
+    }
+
+    /// Stores a port-forward request and returns the URL that serves it.
+    pub fn register_port_forward(&self, request: PortForwardRequest) -> String {
+        let token = self
+            .portforward_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, Instant::now());
+        format!("http://{}/portforward/{token}", self.addr)
     }
 
     pub(crate) fn pods(&self) -> &Arc<PodManager> {

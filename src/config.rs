@@ -121,7 +121,9 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
 
 fn format_duration(d: std::time::Duration) -> String {
     let millis = d.as_millis();
-    if millis.is_multiple_of(60_000) {
+    if millis.is_multiple_of(3_600_000) {
+        format!("{}h", millis / 3_600_000)
+    } else if millis.is_multiple_of(60_000) {
         format!("{}m", millis / 60_000)
     } else if millis.is_multiple_of(1000) {
         format!("{}s", millis / 1000)
@@ -148,7 +150,14 @@ pub struct StreamingConfig {
     pub address: std::net::IpAddr,
     /// The TCP port; 0 picks any free port.
     pub port: u16,
+    /// A streaming session with no traffic either way for this long ends.
+    #[serde(serialize_with = "serialize_duration")]
+    pub idle_timeout: std::time::Duration,
 }
+
+/// The default `streaming.idle_timeout`, as the kubelet's own default.
+pub const DEFAULT_STREAMING_IDLE_TIMEOUT: std::time::Duration =
+    std::time::Duration::from_secs(4 * 3600);
 
 /// How images are pulled from one registry.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -377,6 +386,7 @@ struct FileConfig {
 struct FileStreaming {
     address: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
+    idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -463,6 +473,7 @@ struct MergedConfig {
     cni_bin_dirs: Set<Vec<PathBuf>>,
     streaming_address: Set<String>,
     streaming_port: Set<i64>,
+    streaming_idle_timeout: Set<String>,
 }
 
 #[derive(Default)]
@@ -498,6 +509,10 @@ impl MergedConfig {
         if let Some(streaming) = file.streaming {
             override_with(&mut self.streaming_address, src.take(streaming.address));
             override_with(&mut self.streaming_port, src.take(streaming.port));
+            override_with(
+                &mut self.streaming_idle_timeout,
+                src.take(streaming.idle_timeout),
+            );
         }
         for (name, r) in file.registries {
             let merged = self.registries.entry(name.into_inner()).or_default();
@@ -592,6 +607,15 @@ impl MergedConfig {
                     0
                 }),
                 None => 0,
+            },
+            idle_timeout: match self.streaming_idle_timeout {
+                Some((text, origin)) => parse_duration(&text).unwrap_or_else(|| {
+                    errors.push(ConfigError(format!(
+                        "{origin}: streaming.idle_timeout = {text:?} is not a duration such as \"30m\" or \"4h\""
+                    )));
+                    DEFAULT_STREAMING_IDLE_TIMEOUT
+                }),
+                None => DEFAULT_STREAMING_IDLE_TIMEOUT,
             },
         };
         let mut registries = BTreeMap::new();

@@ -126,6 +126,7 @@ struct Session {
     /// Server streams that ended with FIN.
     finished: usize,
     goaway: bool,
+    window_updates: usize,
 }
 
 /// Runs one exec session: opens error, stdout, stderr (and stdin if
@@ -174,6 +175,8 @@ async fn run_session(url: &str, stdin: Option<&[u8]>) -> Session {
             }
             Frame::Ping { id: 1 } => pong = true,
             Frame::GoAway { .. } => session.goaway = true,
+            // The server announces the stdin it consumed.
+            Frame::WindowUpdate { .. } => session.window_updates += 1,
             other => panic!("unexpected frame {other:?}"),
         }
     }
@@ -247,6 +250,7 @@ async fn exec_streams_over_spdy_under_each_handler() {
         let session = run_session(&url, Some(input.as_bytes())).await;
         assert_eq!(session.stdout, input, "{handler}");
         assert_eq!(session.error, SUCCESS, "{handler}");
+        assert!(session.window_updates > 0, "consumed stdin is announced");
 
         node.remove_pod(&pod).await;
     }

@@ -1,28 +1,27 @@
-//! The remotecommand session for exec without a TTY over SPDY/3.1.
+//! The remotecommand session for exec without a TTY, over any transport
+//! ([`Connection`]).
 //!
-//! The client opens one stream per channel (SYN_STREAM with header
-//! `streamtype`: `error`, `stdin`, `stdout`, `stderr`, `resize`); the server
-//! accepts each with SYN_REPLY. Once the error stream and the requested stdio
-//! streams are open, the command runs through the pod's runtime: stdin DATA
-//! goes to the process (FIN closes its stdin), its stdout and stderr go out as
-//! DATA. When it exits, the error stream carries the outcome (v4: a JSON
-//! `metav1.Status`; older versions: the error text, nothing on success), every
-//! stream is finished with FIN, and the session ends with GOAWAY.
+//! The client opens one stream per channel (header `streamtype`: `error`,
+//! `stdin`, `stdout`, `stderr`, `resize`); the server accepts each. Once the
+//! error stream and the requested stdio streams are open, the command runs
+//! through the pod's runtime: stdin data goes to the process (the client's
+//! end of stdin closes its stdin), its stdout and stderr go out as data. When
+//! it exits, the error stream carries the outcome (v4: a JSON
+//! `metav1.Status`; older versions: the error text, nothing on success),
+//! every stream is finished and the connection closed.
 //!
 //! Back-pressure: output is read from the process only as fast as the
-//! socket takes it (a small bounded queue to the writer task), and stdin is
-//! read from the socket only as fast as the process takes it.
+//! connection takes it, and stdin is read from the connection only as fast
+//! as the process takes it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use super::ExecRequest;
-use super::spdy::{self, Codec, Frame, FrameDecoder, FrameEncoder, SpdyError};
+use super::session::{ClientEvent, Connection, ServerEvent};
 use crate::pod::{PodManager, PreparedExec};
 
 /// The client must open its streams within this time.
@@ -31,8 +30,6 @@ const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Output is read from the process in chunks of at most this size.
 const CHUNK: usize = 32 * 1024;
-/// Frames queued for the writer task.
-const OUT_QUEUE: usize = 8;
 /// Stdin data received before the process starts is capped at this.
 const MAX_EARLY_STDIN: usize = 1 << 20;
 
@@ -172,51 +169,6 @@ impl Streams {
     }
 }
 
-/// What the reader saw next on the connection.
-enum Incoming {
-    Frame(Frame),
-    Bad(SpdyError),
-    Closed,
-}
-
-async fn next_frame(
-    rd: &mut OwnedReadHalf,
-    decoder: &mut FrameDecoder,
-    buf: &mut Vec<u8>,
-) -> Incoming {
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some(frame)) => return Incoming::Frame(frame),
-            Ok(None) => {}
-            Err(e) => return Incoming::Bad(e),
-        }
-        buf.reserve(CHUNK);
-        match rd.read_buf(buf).await {
-            Ok(0) | Err(_) => return Incoming::Closed,
-            Ok(_) => {}
-        }
-    }
-}
-
-async fn write_frames(
-    mut wr: OwnedWriteHalf,
-    mut encoder: FrameEncoder,
-    mut rx: mpsc::Receiver<Frame>,
-) {
-    let mut out = Vec::new();
-    while let Some(frame) = rx.recv().await {
-        out.clear();
-        if let Err(e) = encoder.encode(&frame, &mut out) {
-            tracing::warn!(error = %e, "streaming: cannot encode a frame; closing");
-            break;
-        }
-        if wr.write_all(&out).await.is_err() {
-            break;
-        }
-    }
-    let _ = wr.shutdown().await;
-}
-
 /// The running command: its stdin queue, and its outcome.
 struct Running {
     stdin: Option<mpsc::Sender<Vec<u8>>>,
@@ -224,22 +176,16 @@ struct Running {
     done: oneshot::Receiver<Outcome>,
 }
 
-/// Serves one upgraded connection until the command ends or the client
-/// goes away. Never panics on client input.
+/// Serves one exec session until the command ends or the client goes away.
+/// Never panics on client input.
 pub async fn serve(
-    stream: TcpStream,
-    leftover: Vec<u8>,
+    mut conn: Connection,
     protocol: Protocol,
     request: ExecRequest,
     pods: Arc<PodManager>,
 ) {
-    let (mut rd, wr) = stream.into_split();
-    let (encoder, mut decoder) = Codec::new().into_split();
-    let (out, out_rx) = mpsc::channel::<Frame>(OUT_QUEUE);
-    let writer = tokio::spawn(write_frames(wr, encoder, out_rx));
-    let mut buf = leftover;
+    let out = conn.out.clone();
     let mut streams = Streams::default();
-    let mut last_stream = 0u32;
     let mut early_stdin: Vec<Vec<u8>> = Vec::new();
     let mut early_len = 0usize;
     let mut stdin_closed = false;
@@ -247,137 +193,69 @@ pub async fn serve(
     let creation_deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
 
     let outcome: Option<Outcome> = loop {
-        let incoming = match running.as_mut() {
-            None => {
-                match tokio::time::timeout_at(
-                    creation_deadline,
-                    next_frame(&mut rd, &mut decoder, &mut buf),
-                )
-                .await
-                {
-                    Ok(incoming) => incoming,
-                    Err(_) => {
-                        tracing::info!(
-                            "streaming exec: the client did not open its streams in time"
-                        );
-                        let _ = out
-                            .send(Frame::GoAway {
-                                last_good_stream_id: last_stream,
-                                status: spdy::goaway_status::OK,
-                            })
-                            .await;
-                        break None;
-                    }
+        let event = match running.as_mut() {
+            None => match tokio::time::timeout_at(creation_deadline, conn.events.recv()).await {
+                Ok(event) => event,
+                Err(_) => {
+                    tracing::info!("streaming exec: the client did not open its streams in time");
+                    break None;
                 }
-            }
+            },
             Some(run) => {
                 tokio::select! {
                     outcome = &mut run.done => {
                         break Some(outcome.unwrap_or_else(|_| Outcome::Failed("the exec task ended unexpectedly".into())));
                     }
-                    incoming = next_frame(&mut rd, &mut decoder, &mut buf) => incoming,
+                    event = conn.events.recv() => event,
                 }
             }
         };
-        let frame = match incoming {
-            Incoming::Frame(frame) => frame,
-            Incoming::Closed => break None,
-            Incoming::Bad(e) if e.is_session_error() => {
-                tracing::info!(error = %e, "streaming exec: malformed frame; closing the session");
-                let _ = out
-                    .send(Frame::GoAway {
-                        last_good_stream_id: last_stream,
-                        status: e.goaway_status(),
-                    })
-                    .await;
-                break None;
-            }
-            Incoming::Bad(e) => {
-                if let Some(stream_id) = e.stream_id().filter(|id| *id != 0) {
-                    let _ = out
-                        .send(Frame::RstStream {
-                            stream_id,
-                            status: e.rst_status(),
-                        })
-                        .await;
-                }
-                continue;
-            }
+        let Some(event) = event else {
+            break None;
         };
-        match frame {
-            Frame::SynStream {
-                stream_id, headers, ..
-            } => {
-                last_stream = last_stream.max(stream_id);
-                let kind = spdy::header(&headers, "streamtype")
-                    .unwrap_or_default()
-                    .to_string();
-                match streams.slot(&kind) {
+        match event {
+            ClientEvent::Open { id, headers } => {
+                let kind = headers
+                    .iter()
+                    .find(|(name, _)| name == "streamtype")
+                    .map(|(_, value)| value.as_str())
+                    .unwrap_or_default();
+                match streams.slot(kind) {
                     Some(slot) if slot.is_none() => {
-                        *slot = Some(stream_id);
-                        let _ = out
-                            .send(Frame::SynReply {
-                                stream_id,
-                                flags: 0,
-                                headers: Vec::new(),
-                            })
-                            .await;
+                        *slot = Some(id);
+                        let _ = out.send(ServerEvent::Accept { id }).await;
                     }
                     _ => {
                         tracing::info!(streamtype = %kind, "streaming exec: refusing a stream");
-                        let _ = out
-                            .send(Frame::RstStream {
-                                stream_id,
-                                status: spdy::rst_status::REFUSED_STREAM,
-                            })
-                            .await;
+                        let _ = out.send(ServerEvent::Refuse { id }).await;
                     }
                 }
             }
-            Frame::Data {
-                stream_id,
-                flags,
-                data,
-            } if Some(stream_id) == streams.stdin && !stdin_closed => {
-                if !data.is_empty() {
-                    match running.as_ref().and_then(|r| r.stdin.as_ref()) {
-                        // The process may have closed its stdin: drop the data.
-                        Some(tx) => {
-                            let _ = tx.send(data).await;
-                        }
-                        None if running.is_none() => {
-                            early_len += data.len();
-                            if early_len > MAX_EARLY_STDIN {
-                                let _ = out
-                                    .send(Frame::GoAway {
-                                        last_good_stream_id: last_stream,
-                                        status: spdy::goaway_status::PROTOCOL_ERROR,
-                                    })
-                                    .await;
-                                break None;
-                            }
-                            early_stdin.push(data);
-                        }
-                        None => {}
+            ClientEvent::Data { id, data } if Some(id) == streams.stdin && !stdin_closed => {
+                match running.as_ref().and_then(|r| r.stdin.as_ref()) {
+                    // The process may have closed its stdin: drop the data.
+                    Some(tx) => {
+                        let _ = tx.send(data).await;
                     }
-                }
-                if flags & spdy::FLAG_FIN != 0 {
-                    stdin_closed = true;
-                    if let Some(run) = running.as_mut() {
-                        run.stdin = None;
+                    None if running.is_none() => {
+                        early_len += data.len();
+                        if early_len > MAX_EARLY_STDIN {
+                            tracing::info!(
+                                "streaming exec: too much stdin before the streams were open"
+                            );
+                            break None;
+                        }
+                        early_stdin.push(data);
                     }
+                    None => {}
                 }
             }
-            Frame::RstStream { stream_id, .. } if Some(stream_id) == streams.stdin => {
+            ClientEvent::Fin { id } | ClientEvent::Reset { id } if Some(id) == streams.stdin => {
                 stdin_closed = true;
                 if let Some(run) = running.as_mut() {
                     run.stdin = None;
                 }
             }
-            Frame::Ping { id } => {
-                let _ = out.send(Frame::Ping { id }).await;
-            }
-            Frame::GoAway { .. } => break None,
             _ => {}
         }
         if running.is_none() && streams.ready(&request) {
@@ -400,32 +278,19 @@ pub async fn serve(
 
     match outcome {
         Some(outcome) => {
-            if let Some(stream_id) = streams.error
+            if let Some(id) = streams.error
                 && let Some(text) = error_stream_payload(protocol, &request.cmd, &outcome)
             {
                 let _ = out
-                    .send(Frame::Data {
-                        stream_id,
-                        flags: 0,
+                    .send(ServerEvent::Data {
+                        id,
                         data: text.into_bytes(),
                     })
                     .await;
             }
-            for stream_id in streams.all() {
-                let _ = out
-                    .send(Frame::Data {
-                        stream_id,
-                        flags: spdy::FLAG_FIN,
-                        data: Vec::new(),
-                    })
-                    .await;
+            for id in streams.all() {
+                let _ = out.send(ServerEvent::Finish { id }).await;
             }
-            let _ = out
-                .send(Frame::GoAway {
-                    last_good_stream_id: last_stream,
-                    status: spdy::goaway_status::OK,
-                })
-                .await;
         }
         None => {
             // The client went away or broke the protocol: stop the command.
@@ -438,17 +303,7 @@ pub async fn serve(
         }
     }
     drop(out);
-    let _ = writer.await;
-    // Let the client read what was sent before the socket closes.
-    let mut sink = [0u8; 4096];
-    let drain = async {
-        while let Ok(n) = rd.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+    conn.close().await;
 }
 
 /// Spawns the command and the tasks that pump its stdio.
@@ -456,7 +311,7 @@ async fn start(
     request: &ExecRequest,
     streams: &Streams,
     pods: &Arc<PodManager>,
-    out: mpsc::Sender<Frame>,
+    out: mpsc::Sender<ServerEvent>,
 ) -> Result<Running, String> {
     let mut prepared = pods
         .prepare_exec(&request.container_id, request.cmd.clone())
@@ -519,7 +374,7 @@ enum Pipe {
     Err(tokio::process::ChildStderr),
 }
 
-async fn pump_output(mut pipe: Pipe, stream_id: u32, out: mpsc::Sender<Frame>) {
+async fn pump_output(mut pipe: Pipe, stream_id: u32, out: mpsc::Sender<ServerEvent>) {
     loop {
         let mut chunk = vec![0u8; CHUNK];
         let n = match &mut pipe {
@@ -531,9 +386,8 @@ async fn pump_output(mut pipe: Pipe, stream_id: u32, out: mpsc::Sender<Frame>) {
             Ok(n) => n,
         };
         chunk.truncate(n);
-        let frame = Frame::Data {
-            stream_id,
-            flags: 0,
+        let frame = ServerEvent::Data {
+            id: stream_id,
             data: chunk,
         };
         // Waiting here is the back-pressure: no more is read from the

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::StreamingServer;
 use super::exec::{self, Protocol};
+use super::{StreamingServer, spdy_transport};
 
 /// The request head may not be larger than this.
 const MAX_HEAD: usize = 16 * 1024;
@@ -188,7 +188,8 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
     if stream.write_all(switching.as_bytes()).await.is_err() {
         return;
     }
-    exec::serve(stream, leftover, protocol, request, server.pods().clone()).await;
+    let conn = spdy_transport::connect(stream, leftover, server.idle_timeout());
+    exec::serve(conn, protocol, request, server.pods().clone()).await;
 }
 
 #[cfg(test)]

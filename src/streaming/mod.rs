@@ -11,6 +11,7 @@ pub mod http;
 pub mod portforward;
 pub mod session;
 pub mod spdy;
+pub mod spdy_transport;
 
 #[cfg(test)]
 mod spdy_tests;
@@ -118,6 +119,7 @@ fn random_token() -> String {
 /// The streaming server: its address, the pending exec tokens and the pods.
 pub struct StreamingServer {
     addr: SocketAddr,
+    idle_timeout: Duration,
     exec_tokens: Mutex<TokenCache<ExecRequest>>,
     portforward_tokens: Mutex<TokenCache<PortForwardRequest>>,
     pods: Arc<PodManager>,
@@ -134,6 +136,7 @@ impl StreamingServer {
         let addr = listener.local_addr()?;
         let server = Arc::new(StreamingServer {
             addr,
+            idle_timeout: config.idle_timeout,
             exec_tokens: Mutex::new(TokenCache::default()),
             portforward_tokens: Mutex::new(TokenCache::default()),
             pods,
@@ -145,6 +148,11 @@ impl StreamingServer {
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How long a session may go without traffic.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
     }
 
     /// Stores an exec request and returns the URL that runs it.

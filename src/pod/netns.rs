@@ -26,6 +26,7 @@ pub fn create(path: &Path) -> io::Result<()> {
     let target = path.to_path_buf();
     let pinned = std::thread::spawn(move || -> io::Result<()> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+        loopback_up()?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -41,6 +42,34 @@ pub fn create(path: &Path) -> io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     pinned
+}
+
+/// Sets `lo` up in the calling thread's network namespace: a new namespace
+/// starts with it down, and a pod must reach itself on 127.0.0.1 even when
+/// no CNI network (or no loopback plugin) sets it up; port-forward connects
+/// there too.
+fn loopback_up() -> io::Result<()> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // Any socket will do for interface ioctls; a UDP one needs no address.
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    // SAFETY: ifreq is plain old data, for which all zeroes is valid.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: `request` is a valid ifreq naming "lo" (NUL-terminated) and
+    // outlives the call; SIOCGIFFLAGS writes only its flags.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS just filled the flags member of the union.
+    unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: as above; SIOCSIFFLAGS only reads `request`.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The network namespace a pod's ports live in, held open so that
@@ -195,26 +224,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("netns");
         create(&path).expect("creating a network namespace needs root");
-        // A listener of the host's on some port is not reachable from the
-        // new namespace, whose loopback is even down.
+        // A listener on the pod's loopback (its lo is up), made by a thread
+        // of its own that enters the namespace.
+        let netns = File::open(&path).unwrap();
+        let inside = std::thread::spawn(move || {
+            nix::sched::setns(&netns, CloneFlags::CLONE_NEWNET).unwrap();
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+        })
+        .join()
+        .unwrap();
+        let port = inside.local_addr().unwrap().port();
+        let pod = PodNetwork::open(Some(&path)).unwrap();
+        let stream = pod.connect_loopback(port).await.unwrap();
+        let (accepted, _) = inside.accept().unwrap();
+        assert_eq!(accepted.peer_addr().unwrap(), stream.local_addr().unwrap());
+        // A host listener is not reachable from the pod.
         let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = host.local_addr().unwrap().port();
-        let pod = PodNetwork::open(Some(&path)).unwrap();
         let error = pod.connect_loopback(port).await.unwrap_err();
-        let text = error.to_string();
-        assert!(
-            text.starts_with(&format!(
-                "cannot connect to port {port} inside the pod's network namespace: 127.0.0.1:{port}: "
-            )),
-            "{text}"
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "cannot connect to port {port} inside the pod's network namespace: 127.0.0.1:{port}: connection refused; [::1]:{port}: {}",
+                error.v6
+            )
         );
-        assert!(!text.contains("os error"), "{text}");
-        // The host's own is reached directly.
+        assert_eq!(error.v4, "connection refused");
         let stream = PodNetwork::Host.connect_loopback(port).await.unwrap();
         assert_eq!(stream.peer_addr().unwrap().port(), port);
         assert_eq!(
             std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(),
             std::fs::metadata("/proc/self/ns/net").unwrap().ino(),
+            "this thread stays in its own namespace"
         );
         drop(pod);
         crate::fsutil::remove_tree(dir.path()).unwrap();

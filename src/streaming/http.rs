@@ -1,5 +1,6 @@
 //! The HTTP/1.1 side of the streaming server: one request per connection,
-//! which must be an upgrade to SPDY/3.1 of a `/exec/<token>` URL.
+//! which must be an upgrade to SPDY/3.1 of a `/exec/<token>` or
+//! `/portforward/<token>` URL.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::exec::{self, Protocol};
-use super::{StreamingServer, spdy_transport};
+use super::{ExecRequest, PortForwardRequest, StreamingServer, portforward, spdy_transport};
 
 /// The request head may not be larger than this.
 const MAX_HEAD: usize = 16 * 1024;
@@ -88,6 +89,22 @@ fn refuse(status: &'static str, message: impl Into<String>) -> Refusal {
 
 /// Checks the upgrade headers and picks the protocol version.
 pub fn negotiate(head: &RequestHead) -> Result<Protocol, Refusal> {
+    check_spdy_upgrade(head)?;
+    let chosen = choose_version(head, &Protocol::ALL.map(Protocol::name))?;
+    // `chosen` is one of the names: the fallback is never taken.
+    Ok(Protocol::ALL
+        .into_iter()
+        .find(|p| p.name() == chosen)
+        .unwrap_or(Protocol::V1))
+}
+
+/// Checks the upgrade headers of a port-forward request and its version.
+pub fn negotiate_port_forward(head: &RequestHead) -> Result<&'static str, Refusal> {
+    check_spdy_upgrade(head)?;
+    choose_version(head, &[portforward::PROTOCOL])
+}
+
+fn check_spdy_upgrade(head: &RequestHead) -> Result<(), Refusal> {
     let upgrade_requested = head
         .values("connection")
         .any(|v| v.eq_ignore_ascii_case("upgrade"));
@@ -100,17 +117,21 @@ pub fn negotiate(head: &RequestHead) -> Result<Protocol, Refusal> {
             "unable to upgrade: the request must carry Connection: Upgrade and Upgrade: SPDY/3.1",
         ));
     }
+    Ok(())
+}
+
+/// The first of `accepted` (best first) that the client offers.
+fn choose_version(head: &RequestHead, accepted: &[&'static str]) -> Result<&'static str, Refusal> {
     let offered: Vec<&str> = head.values("x-stream-protocol-version").collect();
-    Protocol::ALL
+    accepted
         .iter()
         .copied()
-        .find(|p| offered.contains(&p.name()))
+        .find(|name| offered.contains(name))
         .ok_or_else(|| {
             refuse(
                 "403 Forbidden",
                 format!(
-                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {:?}",
-                    Protocol::ALL.iter().map(|p| p.name()).collect::<Vec<_>>()
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {accepted:?}"
                 ),
             )
         })
@@ -162,34 +183,71 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
             return;
         }
     };
-    let token = head.path.strip_prefix("/exec/").unwrap_or_default();
-    let request = if token.is_empty() || !(head.method == "GET" || head.method == "POST") {
-        None
-    } else {
-        server.take_exec(token)
-    };
-    let Some(request) = request else {
+    let Some(request) = take_request(&head, &server) else {
         let _ = stream
             .write_all(&response(&refuse("404 Not Found", "404 page not found")))
             .await;
         return;
     };
-    let protocol = match negotiate(&head) {
-        Ok(protocol) => protocol,
+    let negotiated = match request {
+        Request::Exec(request) => negotiate(&head).map(|p| Session::Exec(request, p)),
+        Request::PortForward(request) => {
+            negotiate_port_forward(&head).map(|_| Session::PortForward(request))
+        }
+    };
+    let session = match negotiated {
+        Ok(session) => session,
         Err(refusal) => {
             let _ = stream.write_all(&response(&refusal)).await;
             return;
         }
     };
+    let version = match &session {
+        Session::Exec(_, protocol) => protocol.name(),
+        Session::PortForward(_) => portforward::PROTOCOL,
+    };
     let switching = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {}\r\n\r\n",
-        protocol.name()
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {version}\r\n\r\n"
     );
     if stream.write_all(switching.as_bytes()).await.is_err() {
         return;
     }
     let conn = spdy_transport::connect(stream, leftover, server.idle_timeout());
-    exec::serve(conn, protocol, request, server.pods().clone()).await;
+    match session {
+        Session::Exec(request, protocol) => {
+            exec::serve(conn, protocol, request, server.pods().clone()).await;
+        }
+        Session::PortForward(request) => {
+            portforward::serve(conn, request, server.pods().clone()).await;
+        }
+    }
+}
+
+/// A request with its negotiated protocol.
+enum Session {
+    Exec(ExecRequest, Protocol),
+    PortForward(PortForwardRequest),
+}
+
+/// What a token stood for.
+enum Request {
+    Exec(ExecRequest),
+    PortForward(PortForwardRequest),
+}
+
+/// Consumes the token in the request's path; `None` answers 404.
+fn take_request(head: &RequestHead, server: &StreamingServer) -> Option<Request> {
+    if !(head.method == "GET" || head.method == "POST") {
+        return None;
+    }
+    let nonempty = |token: &&str| !token.is_empty();
+    if let Some(token) = head.path.strip_prefix("/exec/").filter(nonempty) {
+        return server.take_exec(token).map(Request::Exec);
+    }
+    if let Some(token) = head.path.strip_prefix("/portforward/").filter(nonempty) {
+        return server.take_port_forward(token).map(Request::PortForward);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -237,6 +295,21 @@ mod tests {
         assert_eq!(pick("").unwrap_err().status, "403 Forbidden");
         assert_eq!(
             pick("X-Stream-Protocol-Version: v5.channel.k8s.io\r\n")
+                .unwrap_err()
+                .status,
+            "403 Forbidden"
+        );
+        let pf = |versions: &str| {
+            negotiate_port_forward(&head(&format!(
+                "POST /portforward/t HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{versions}\r\n"
+            )))
+        };
+        assert_eq!(
+            pf("X-Stream-Protocol-Version: portforward.k8s.io\r\n"),
+            Ok("portforward.k8s.io")
+        );
+        assert_eq!(
+            pf("X-Stream-Protocol-Version: v4.channel.k8s.io\r\n")
                 .unwrap_err()
                 .status,
             "403 Forbidden"

@@ -182,6 +182,13 @@ impl StreamingServer {
         format!("http://{}/portforward/{token}", self.addr)
     }
 
+    fn take_port_forward(&self, token: &str) -> Option<PortForwardRequest> {
+        self.portforward_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .consume(token, Instant::now())
+    }
+
     pub(crate) fn pods(&self) -> &Arc<PodManager> {
         &self.pods
     }

@@ -1,10 +1,12 @@
 //! The streaming server behind Exec, Attach and PortForward (issue 7).
 //!
 //! So far: the SPDY/3.1 frame codec ([`spdy`]), a plain-HTTP listener that
-//! upgrades `/exec/<token>` requests to SPDY/3.1 ([`http`]) and the
-//! remotecommand session for exec without a TTY ([`exec`]). The Exec RPC
-//! stores its request under a single-use random token ([`StreamingServer::
-//! register_exec`]) and answers the URL the client then upgrades.
+//! upgrades `/exec/<token>` and `/portforward/<token>` requests to SPDY/3.1
+//! ([`http`]), the remotecommand session for exec without a TTY ([`exec`])
+//! and the port-forward session ([`portforward`]). The Exec and PortForward
+//! RPCs store their request under a single-use random token
+//! ([`StreamingServer::register_exec`], [`StreamingServer::
+//! register_port_forward`]) and answer the URL the client then upgrades.
 
 pub mod exec;
 pub mod http;
@@ -116,7 +118,7 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-/// The streaming server: its address, the pending exec tokens and the pods.
+/// The streaming server: its address, the pending tokens and the pods.
 pub struct StreamingServer {
     addr: SocketAddr,
     idle_timeout: Duration,

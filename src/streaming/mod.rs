@@ -11,6 +11,7 @@ pub mod http;
 pub mod session;
 pub mod spdy;
 pub mod spdy_transport;
+pub mod websocket;
 
 #[cfg(test)]
 mod spdy_tests;

@@ -1,6 +1,6 @@
 //! The HTTP/1.1 side of the streaming server: one request per connection,
-//! which must be an upgrade to SPDY/3.1 of a `/exec/<token>` or
-//! `/portforward/<token>` URL.
+//! which must upgrade a `/exec/<token>` URL to SPDY/3.1 or to WebSocket,
+//! or a `/portforward/<token>` URL to SPDY/3.1.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::exec::{self, Protocol};
+use super::websocket::{self, ChannelProtocol};
 use super::{ExecRequest, PortForwardRequest, StreamingServer, portforward, spdy_transport};
 
 /// The request head may not be larger than this.
@@ -189,7 +190,14 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
             .await;
         return;
     };
+    let websocket = head
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("websocket"));
     let negotiated = match request {
+        Request::Exec(request) if websocket => {
+            serve_exec_websocket(stream, head, leftover, request, server).await;
+            return;
+        }
         Request::Exec(request) => negotiate(&head).map(|p| Session::Exec(request, p)),
         Request::PortForward(request) => {
             negotiate_port_forward(&head).map(|_| Session::PortForward(request))
@@ -248,6 +256,102 @@ fn take_request(head: &RequestHead, server: &StreamingServer) -> Option<Request>
         return server.take_port_forward(token).map(Request::PortForward);
     }
     None
+}
+
+/// Checks a WebSocket upgrade request: its key, version and the offered
+/// subprotocols, one of which `choose` must accept.
+pub fn negotiate_websocket<T>(
+    head: &RequestHead,
+    choose: impl Fn(&[&str]) -> Option<T>,
+    supported: &[&str],
+) -> Result<(T, String), Refusal> {
+    let upgrade_requested = head
+        .values("connection")
+        .any(|v| v.eq_ignore_ascii_case("upgrade"));
+    let key = head
+        .headers
+        .iter()
+        .find(|(name, _)| name == "sec-websocket-key")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    if !upgrade_requested || key.is_empty() {
+        return Err(refuse(
+            "400 Bad Request",
+            "unable to upgrade: a WebSocket upgrade needs Connection: Upgrade and Sec-WebSocket-Key",
+        ));
+    }
+    if !head.values("sec-websocket-version").any(|v| v == "13") {
+        return Err(refuse(
+            "400 Bad Request",
+            "unable to upgrade: only WebSocket version 13 is supported",
+        ));
+    }
+    let offered: Vec<&str> = head.values("sec-websocket-protocol").collect();
+    let chosen = choose(&offered).ok_or_else(|| {
+        refuse(
+            "403 Forbidden",
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {supported:?}"
+            ),
+        )
+    })?;
+    Ok((chosen, websocket::accept_key(key)))
+}
+
+/// The 101 answer to a WebSocket upgrade.
+pub fn websocket_switching(accept: &str, protocol: Option<&str>) -> String {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
+    )
+}
+
+/// Exec over WebSocket: the channel protocols, channels by number (stdin 0,
+/// stdout 1, stderr 2, error 3, resize 4) for the streams the request asked for.
+async fn serve_exec_websocket(
+    mut stream: TcpStream,
+    head: RequestHead,
+    leftover: Vec<u8>,
+    request: ExecRequest,
+    server: Arc<StreamingServer>,
+) {
+    let supported: Vec<&str> = ChannelProtocol::ALL.iter().map(|p| p.name()).collect();
+    let (protocol, accept) =
+        match negotiate_websocket(&head, websocket::negotiate_channels, &supported) {
+            Ok(negotiated) => negotiated,
+            Err(refusal) => {
+                let _ = stream.write_all(&response(&refusal)).await;
+                return;
+            }
+        };
+    let named = head.values("sec-websocket-protocol").next().is_some();
+    let switching = websocket_switching(&accept, named.then(|| protocol.name()));
+    if stream.write_all(switching.as_bytes()).await.is_err() {
+        return;
+    }
+    let channel = |id: u32, kind: &str| (id, vec![("streamtype".to_string(), kind.to_string())]);
+    let mut channels = Vec::new();
+    for (wanted, id, kind) in [
+        (request.stdin, 0, "stdin"),
+        (request.stdout, 1, "stdout"),
+        (request.stderr, 2, "stderr"),
+        (true, 3, "error"),
+        (true, 4, "resize"),
+    ] {
+        if wanted {
+            channels.push(channel(id, kind));
+        }
+    }
+    let conn =
+        websocket::connect_channels(stream, leftover, protocol, channels, server.idle_timeout());
+    let status = if protocol.json_status() {
+        Protocol::V4
+    } else {
+        Protocol::V1
+    };
+    exec::serve(conn, status, request, server.pods().clone()).await;
 }
 
 #[cfg(test)]

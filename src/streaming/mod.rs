@@ -14,6 +14,7 @@ pub mod portforward;
 pub mod session;
 pub mod spdy;
 pub mod spdy_transport;
+pub mod websocket;
 
 #[cfg(test)]
 mod spdy_tests;

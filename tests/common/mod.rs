@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 pub mod node;
 pub mod registry;
+pub mod ws_client;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! Per-handler options, checked through the CRI with the real runc:
 //! `runtime_root`, `runtime_args`, `privileged_without_host_devices`,
-//! `allowed_annotations`. Needs root, runc,
+//! `allowed_annotations`, and features a handler lacks. Needs root, runc,
 //! crun, docker-registry and busybox-static (`make test` installs them).
 
 mod common;
@@ -12,6 +12,7 @@ use std::process::Command;
 use common::node::Node;
 use common::require_tool;
 use rcri::proto;
+use tonic::Code;
 
 fn pod_security(config: &mut proto::PodSandboxConfig) -> &mut proto::LinuxSandboxSecurityContext {
     config
@@ -325,5 +326,107 @@ async fn only_allowed_annotations_reach_the_oci_spec() {
         }
         node.remove_pod(&pod).await;
     }
+    node.assert_clean();
+}
+
+/// The features `Status` reports for each handler.
+async fn features(node: &Node) -> HashMap<String, proto::RuntimeHandlerFeatures> {
+    node.client()
+        .await
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .into_iter()
+        .filter(|h| !h.name.is_empty())
+        .map(|h| (h.name, h.features.unwrap_or_default()))
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[tokio::test]
+async fn features_a_handler_lacks_are_refused_with_invalid_argument() {
+    let node = Node::start().await;
+    let features = features(&node).await;
+    for handler in ["runc", "crun"] {
+        // User namespaces: neither runtime here reports idmapped mounts.
+        assert!(
+            !features[handler].user_namespaces,
+            "{handler}: {features:?}"
+        );
+        let mut pod_config = node.pod_config(&format!("userns-{handler}"));
+        pod_security(&mut pod_config).namespace_options = Some(proto::NamespaceOption {
+            userns_options: Some(proto::UserNamespace {
+                mode: proto::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        std::fs::create_dir_all(&pod_config.log_directory).unwrap();
+        let error = node
+            .client()
+            .await
+            .run_pod_sandbox(proto::RunPodSandboxRequest {
+                config: Some(pod_config),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .expect_err("a user namespace on a handler without them");
+        assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+        assert!(
+            error.message().starts_with(&format!(
+                "runtime handler \"{handler}\" does not support user namespaces"
+            )),
+            "{}",
+            error.message()
+        );
+        node.assert_clean();
+    }
+
+    // Recursive read-only mounts: runc has them, crun 1.8 does not.
+    assert!(features["runc"].recursive_read_only_mounts);
+    assert!(!features["crun"].recursive_read_only_mounts);
+    let source = tempfile::tempdir().unwrap();
+    let pod = node.run_pod("rro-crun", "crun").await;
+    let mut config = node.container_config("rro", "exec sleep 1000");
+    config.mounts = vec![proto::Mount {
+        container_path: "/rro".into(),
+        host_path: source.path().display().to_string(),
+        readonly: true,
+        recursive_read_only: true,
+        ..Default::default()
+    }];
+    let error = node
+        .client()
+        .await
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await
+        .expect_err("rro on crun");
+    assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+    assert!(
+        error.message().starts_with(
+            "runtime handler \"crun\" does not support recursive read-only mounts (mount /rro)"
+        ),
+        "{}",
+        error.message()
+    );
+    // Nothing of the refused container is left; the pod goes on.
+    let root = node.sandbox.path();
+    assert!(entries(&root.join("state/containers")).is_empty());
+    assert!(entries(&root.join("run/containers")).is_empty());
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+    assert_eq!(node.out(&app, &["echo", "ok"]).await, "ok\n");
+    node.remove_pod(&pod).await;
     node.assert_clean();
 }

@@ -329,6 +329,26 @@ impl PodManager {
         let state_dir = self.pod_state_dir(id);
         let shm = run_dir.join("shm");
         let netns = (!host_network).then(|| run_dir.join("netns"));
+        // The spec first: a request the handler cannot serve is refused
+        // before anything is made.
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        let handler_options = spec::HandlerOptions::new(&handler.config, handler.features);
+        let mut spec = spec::sandbox_spec(&spec::SandboxSpecInput {
+            sandbox_id: id,
+            config,
+            rootfs: &self.pause_rootfs,
+            pause_path: PAUSE_PATH,
+            netns_path: netns.as_deref(),
+            cgroup_parent: &cgroup_parent,
+            cgroup_driver: self.config.cgroup_driver,
+            handler: &handler_options,
+            host: &self.host,
+        })?;
+        restrict_capabilities(&mut spec, self.capability_bound);
         {
             let netns = netns.clone();
             let (run_dir, state_dir, shm, config) = (
@@ -370,25 +390,6 @@ impl PodManager {
             Some(netns) => self.attach_network(id, config, netns).await?,
             None => None,
         };
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .unwrap_or_default();
-        let handler_options =
-            spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
-        let mut spec = spec::sandbox_spec(&spec::SandboxSpecInput {
-            sandbox_id: id,
-            config,
-            rootfs: &self.pause_rootfs,
-            pause_path: PAUSE_PATH,
-            netns_path: netns.as_deref(),
-            cgroup_parent: &cgroup_parent,
-            cgroup_driver: self.config.cgroup_driver,
-            handler: &handler_options,
-            host: &self.host,
-        })?;
-        restrict_capabilities(&mut spec, self.capability_bound);
         let runtime = OciRuntime::new(&handler.config);
         let started = self
             .create_and_start(
@@ -970,8 +971,7 @@ impl PodManager {
             })?),
             None => None,
         };
-        let handler_options =
-            spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
+        let handler_options = spec::HandlerOptions::new(&handler.config, handler.features);
         let mut oci_spec = spec::container_spec(&spec::ContainerSpecInput {
             container_id: id,
             sandbox_id: &pod.id,

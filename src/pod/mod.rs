@@ -547,6 +547,7 @@ impl PodManager {
         if !reply.ok {
             return Err(PodError::Runtime(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
+                path: runtime.path.clone(),
                 verb: "create".into(),
                 id: id.to_string(),
                 status: "failed".into(),
@@ -1184,12 +1185,12 @@ impl PodManager {
             }
         }
         if !self.wait_exit(&exit_file, MONITOR_EXIT_WAIT).await
-            && !self
+            && let Err(why) = self
                 .exit_from_runtime(&runtime, &container, &exit_file)
-                .await?
+                .await
         {
             return Err(PodError::DeadlineExceeded(format!(
-                "container {} did not exit within {KILL_WAIT:?} of SIGKILL",
+                "container {} did not exit within {KILL_WAIT:?} of SIGKILL: {why}",
                 container.id
             )));
         }
@@ -1202,31 +1203,48 @@ impl PodManager {
     /// monitor's child (runsc: a pod's second container lives in the
     /// sandbox process), so the monitor cannot see it exit. Ask the runtime;
     /// once it reports the container stopped (or gone), record the kill and
-    /// retire the monitor. Returns whether the container is stopped.
+    /// retire the monitor. Fails, saying what the runtime last answered, if
+    /// the container is not stopped within KILL_WAIT.
     async fn exit_from_runtime(
         &self,
         runtime: &OciRuntime,
         container: &ContainerRecord,
         exit_file: &Path,
-    ) -> Result<bool, PodError> {
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        // What the runtime last said, for the error.
+        let mut last = None;
         loop {
             if monitor::read_exit(exit_file).is_some() {
-                return Ok(true);
+                return Ok(());
             }
-            let stopped = match runtime.state(&container.id).await {
-                Ok(None) => true,
-                Ok(Some(state)) => state.status == "stopped",
+            // A runtime that hangs on `state` gets no more than the deadline.
+            let Ok(answer) = tokio::time::timeout_at(deadline, runtime.state(&container.id)).await
+            else {
+                return Err(last.unwrap_or_else(|| {
+                    format!(
+                        "runtime handler {:?} ({}) did not answer `state` in time",
+                        runtime.handler,
+                        runtime.path.display()
+                    )
+                }));
+            };
+            last = Some(match answer {
+                Ok(None) => break,
+                Ok(Some(state)) if state.status == "stopped" => break,
+                Ok(Some(state)) => format!(
+                    "runtime handler {:?} ({}) reports it {:?}",
+                    runtime.handler,
+                    runtime.path.display(),
+                    state.status
+                ),
                 Err(e) => {
                     tracing::debug!(container = %container.id, error = %e, "runtime state failed");
-                    false
+                    format!("its runtime cannot tell whether it runs: {e}")
                 }
-            };
-            if stopped {
-                break;
-            }
+            });
             if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
+                return Err(last.unwrap_or_default());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1246,8 +1264,8 @@ impl PodManager {
                 serde_json::to_vec(&record).map_err(|e| PodError::Internal(e.to_string()))?;
             crate::fsutil::write_atomic(&path, &bytes).map_err(io_error("write", &path))
         })
-        .await?;
-        Ok(true)
+        .await
+        .map_err(|e| format!("cannot record its exit: {e}"))
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {
@@ -1530,6 +1548,7 @@ impl PodManager {
         if !output.status.success() {
             return Err(PodError::Runtime(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
+                path: runtime.path.clone(),
                 verb: "update".into(),
                 id: container.id.clone(),
                 status: output.status.to_string(),

@@ -430,3 +430,149 @@ async fn features_a_handler_lacks_are_refused_with_invalid_argument() {
     node.remove_pod(&pod).await;
     node.assert_clean();
 }
+
+fn hangup(node: &Node) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(node.server.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+}
+
+async fn handler_names(node: &Node) -> Vec<String> {
+    node.client()
+        .await
+        .status(proto::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers
+        .into_iter()
+        .map(|h| h.name)
+        .collect()
+}
+
+/// Waits until the server's log holds `needle` `count` times.
+async fn wait_for_log(node: &Node, needle: &str, count: usize) {
+    for _ in 0..500 {
+        if node.server.log_text().matches(needle).count() >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "no {needle:?} (x{count}) in the log:\n{}",
+        node.server.log_text()
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_handler_table_and_running_pods_keep_theirs() {
+    let runc = require_tool("runc");
+    let crun = require_tool("crun");
+    let mut node = Node::start_with(&format!(
+        "[handlers.extra]\nruntime_path = \"{}\"\n",
+        runc.display()
+    ))
+    .await;
+    assert_eq!(handler_names(&node).await, ["", "crun", "extra", "runc"]);
+    let old_pod = node.run_pod("old", "extra").await;
+    let old_app = node.run(&old_pod, "app", "exec sleep 1000").await;
+
+    // A new table: `extra` and `crun` gone, `fresh` (crun) added; the log
+    // level is not applied by a reload and is named as needing a restart.
+    node.sandbox.write_config(&format!(
+        "default_handler = \"runc\"\nlog_level = \"debug\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.fresh]\nruntime_path = \"{}\"\n",
+        runc.display(),
+        crun.display()
+    ));
+    hangup(&node);
+    wait_for_log(&node, "runtime handlers reloaded", 1).await;
+    assert_eq!(handler_names(&node).await, ["", "fresh", "runc"]);
+    let log = node.server.log_text();
+    assert!(
+        log.contains("restart rcri to apply them") && log.contains("log_level"),
+        "{log}"
+    );
+
+    // New pods use the new table at once.
+    let error = node
+        .client()
+        .await
+        .run_pod_sandbox(proto::RunPodSandboxRequest {
+            config: Some(node.pod_config("late")),
+            runtime_handler: "extra".into(),
+        })
+        .await
+        .expect_err("extra is gone");
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert_eq!(
+        error.message(),
+        "runtime handler \"extra\" is not configured; configured handlers: fresh, runc"
+    );
+    let fresh_pod = node.run_pod("fresh", "fresh").await;
+    let fresh = node.run(&fresh_pod, "app", "exec sleep 1000").await;
+    let runtime = node.out(&fresh, &["cat", "/proc/1/cgroup"]).await;
+    assert!(!runtime.is_empty());
+    assert!(
+        node.sandbox
+            .path()
+            .join("run/runtimes/fresh")
+            .join(&fresh)
+            .exists(),
+        "the fresh pod runs under crun's root for `fresh`"
+    );
+
+    // The running pod keeps its handler: exec, new containers, stop.
+    assert_eq!(node.out(&old_app, &["echo", "still"]).await, "still\n");
+    let second = node.run(&old_pod, "second", "exec sleep 1000").await;
+    assert!(runc_knows(
+        &node.sandbox.path().join("run/runtimes/extra"),
+        &second
+    ));
+
+    // A configuration that does not load is refused; the table stays.
+    node.sandbox
+        .write_config("default_handler = \"runc\"\n[handlers.runc\n");
+    hangup(&node);
+    wait_for_log(&node, "reload refused", 1).await;
+    assert_eq!(handler_names(&node).await, ["", "fresh", "runc"]);
+    // So is one whose default handler is unusable.
+    node.sandbox.write_config(
+        "default_handler = \"gone\"\n[handlers.gone]\nruntime_path = \"/nonexistent/gone\"\n",
+    );
+    hangup(&node);
+    wait_for_log(&node, "reload refused", 2).await;
+    assert!(
+        node.server.log_text().contains("/nonexistent/gone"),
+        "the refusal says why"
+    );
+    assert_eq!(handler_names(&node).await, ["", "fresh", "runc"]);
+
+    // After a restart with the new configuration the old pod still has
+    // its handler, from its record.
+    node.sandbox.write_config(&format!(
+        "default_handler = \"runc\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.fresh]\nruntime_path = \"{}\"\n",
+        runc.display(),
+        crun.display()
+    ));
+    node.server.stop_with(nix::sys::signal::Signal::SIGTERM);
+    node.server = node.sandbox.serve();
+    assert_eq!(handler_names(&node).await, ["", "fresh", "runc"]);
+    assert_eq!(node.out(&second, &["echo", "after"]).await, "after\n");
+    node.client()
+        .await
+        .stop_container(proto::StopContainerRequest {
+            container_id: old_app.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        node.wait_exited(&old_app).await.state,
+        proto::ContainerState::ContainerExited as i32
+    );
+    node.remove_pod(&old_pod).await;
+    node.remove_pod(&fresh_pod).await;
+    node.assert_clean();
+}

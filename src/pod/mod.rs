@@ -23,7 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::handler::oci::{OciRuntime, RuntimeError};
-use crate::handler::{HandlerEntry, HandlerTable};
+use crate::handler::{HandlerEntry, SharedHandlers};
 use crate::image::rootfs::{self, RootfsError, RootfsLayout};
 use crate::image::store::{ImageStore, StoreError};
 use crate::monitor::{self, MonitorConfig, SyncReply};
@@ -108,7 +108,7 @@ struct Tables {
 
 pub struct PodManager {
     config: Arc<Config>,
-    handlers: Arc<HandlerTable>,
+    handlers: Arc<SharedHandlers>,
     images: Arc<ImageStore>,
     host: spec::HostInfo,
     cni: Cni,
@@ -141,7 +141,7 @@ impl PodManager {
     /// Blocking: call before serving.
     pub fn open(
         config: Arc<Config>,
-        handlers: Arc<HandlerTable>,
+        handlers: Arc<SharedHandlers>,
         images: Arc<ImageStore>,
     ) -> Result<PodManager, PodError> {
         for dir in [
@@ -239,10 +239,37 @@ impl PodManager {
         self.locks.lock().expect("id lock table").remove(id);
     }
 
-    fn handler(&self, name: &str) -> Result<&HandlerEntry, PodError> {
+    /// The handler a new pod asked for, from the current table.
+    fn handler(&self, name: &str) -> Result<HandlerEntry, PodError> {
         self.handlers
+            .current()
             .resolve(name)
+            .cloned()
             .map_err(|e| PodError::InvalidArgument(e.to_string()))
+    }
+
+    /// The handler a pod started with: kept in its record, so a reload that
+    /// changes or removes the handler does not touch running pods. Records
+    /// from before that was kept are looked up in the table by name.
+    fn handler_of(&self, pod: &PodRecord) -> Result<HandlerEntry, PodError> {
+        if let Some(stored) = &pod.runtime {
+            return Ok(stored.entry(&pod.handler));
+        }
+        self.handlers
+            .current()
+            .handlers
+            .get(&pod.handler)
+            .cloned()
+            .ok_or_else(|| {
+                PodError::FailedPrecondition(format!(
+                    "runtime handler {:?} of pod {} is no longer configured; configure it again to manage this pod",
+                    pod.handler, pod.id
+                ))
+            })
+    }
+
+    fn runtime_of(&self, pod: &PodRecord) -> Result<OciRuntime, PodError> {
+        self.handler_of(pod).map(|h| OciRuntime::new(&h.config))
     }
 
     fn pod_state_dir(&self, id: &str) -> PathBuf {
@@ -280,7 +307,7 @@ impl PodManager {
                 "PodSandboxConfig.metadata needs a name, a namespace and a uid".into(),
             ));
         }
-        let handler = self.handler(handler_name)?.clone();
+        let handler = self.handler(handler_name)?;
         let id = record::new_id();
         let key = pod_name_key(&metadata);
         {
@@ -414,6 +441,7 @@ impl PodManager {
             shm_mounted: !host_ipc,
             netns,
             network: attachment,
+            runtime: Some(record::PodHandler::of(handler)),
         };
         self.save_pod(&pod).await?;
         Ok(pod)
@@ -683,7 +711,7 @@ impl PodManager {
         }
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         if self.exit_of_pod(&pod.id).is_none() {
             let _ = runtime.kill(&pod.id, "KILL", false).await;
             self.wait_exit(&self.pod_state_dir(&pod.id).join("exit.json"), KILL_WAIT)
@@ -716,7 +744,7 @@ impl PodManager {
         self.stop_pod(&pod.id).await?;
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         runtime.delete(&pod.id, true).await?;
         self.destroy_pod_files(&pod.id, &runtime).await;
         {
@@ -727,19 +755,6 @@ impl PodManager {
         self.forget_lock(&pod.id);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
-    }
-
-    fn runtime_of(&self, handler: &str) -> Result<OciRuntime, PodError> {
-        // A pod keeps the handler it started with, even if the table changed.
-        self.handlers
-            .handlers
-            .get(handler)
-            .map(|h| OciRuntime::new(&h.config))
-            .ok_or_else(|| {
-                PodError::FailedPrecondition(format!(
-                    "runtime handler {handler:?} of this pod is no longer configured"
-                ))
-            })
     }
 
     pub async fn pod_status(
@@ -876,7 +891,7 @@ impl PodManager {
             }
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "container creation failed; rolling back");
-                if let Ok(runtime) = self.runtime_of(&pod.handler) {
+                if let Ok(runtime) = self.runtime_of(&pod) {
                     let _ = runtime.delete(&id, true).await;
                 }
                 self.remove_container_files(&id).await;
@@ -901,17 +916,7 @@ impl PodManager {
             ))
         })?;
         let image_config = image_config_of(&self.images.config_bytes(&image).await?);
-        let handler = self
-            .handlers
-            .handlers
-            .get(&pod.handler)
-            .ok_or_else(|| {
-                PodError::FailedPrecondition(format!(
-                    "runtime handler {:?} is no longer configured",
-                    pod.handler
-                ))
-            })?
-            .clone();
+        let handler = self.handler_of(pod)?;
         // The rootfs: the image's layers under the container's own layer.
         self.images.hold_layers(id, &image);
         let state_dir = self.container_state_dir(id);
@@ -1072,7 +1077,7 @@ impl PodManager {
             )));
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let start_log = self.container_run_dir(&container.id).join("start.log");
         if let Err(e) = runtime.start(&container.id, &start_log).await {
             container.state = ContainerState::Exited;
@@ -1156,7 +1161,7 @@ impl PodManager {
             return Ok(());
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let exit_file = self.container_state_dir(&container.id).join("exit.json");
         if container.state == ContainerState::Created {
             // Never started: nothing to wait for but the kill.
@@ -1278,9 +1283,7 @@ impl PodManager {
         let lock = self.lock_for(&container.id);
         let _guard = lock.lock().await;
         if let Ok(pod) = self.pod_of(&container).await {
-            self.runtime_of(&pod.handler)?
-                .delete(&container.id, true)
-                .await?;
+            self.runtime_of(&pod)?.delete(&container.id, true).await?;
         }
         self.remove_container_files(&container.id).await;
         {
@@ -1470,7 +1473,7 @@ impl PodManager {
             )));
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let run_dir = self.container_run_dir(&container.id);
         let exec_id = record::new_id();
         let process_path = run_dir.join(format!("exec-{}.json", &exec_id[..12]));
@@ -1528,7 +1531,7 @@ impl PodManager {
             return Ok(());
         };
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let oci_resources = spec::linux_resources(&resources, self.host.cgroup_v2)?;
         let path = self.container_run_dir(&container.id).join("update.json");
         let json =

@@ -59,8 +59,9 @@ pub enum PodError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Boxed: a runtime's error carries several strings.
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(Box<RuntimeError>),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -77,6 +78,12 @@ pub enum PodError {
     Network(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RuntimeError> for PodError {
+    fn from(error: RuntimeError) -> PodError {
+        PodError::Runtime(Box::new(error))
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PodError {
@@ -573,7 +580,7 @@ impl PodManager {
             return Err(deadline_error());
         }
         if !reply.ok {
-            return Err(PodError::Runtime(RuntimeError::Failed {
+            return Err(PodError::from(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
                 path: runtime.path.clone(),
                 verb: "create".into(),
@@ -1549,7 +1556,7 @@ impl PodManager {
             .await
             .map_err(io_error("run the runtime", &runtime.path))?;
         if !output.status.success() {
-            return Err(PodError::Runtime(RuntimeError::Failed {
+            return Err(PodError::from(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
                 path: runtime.path.clone(),
                 verb: "update".into(),

@@ -475,11 +475,14 @@ async fn sighup_reloads_the_handler_table_and_running_pods_keep_theirs() {
         runc.display()
     ))
     .await;
-    assert_eq!(handler_names(&node).await, ["", "crun", "extra", "runc"]);
+    assert_eq!(
+        handler_names(&node).await,
+        ["", "crun", "extra", "runc", "youki"]
+    );
     let old_pod = node.run_pod("old", "extra").await;
     let old_app = node.run(&old_pod, "app", "exec sleep 1000").await;
 
-    // A new table: `extra` and `crun` gone, `fresh` (crun) added; the log
+    // A new table: `extra`, `crun` and `youki` gone, `fresh` (crun) added; the log
     // level is not applied by a reload and is named as needing a restart.
     node.sandbox.write_config(&format!(
         "default_handler = \"runc\"\nlog_level = \"debug\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.fresh]\nruntime_path = \"{}\"\n",

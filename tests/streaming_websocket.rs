@@ -231,3 +231,64 @@ fn processes_with(text: &str) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test]
+async fn the_streaming_server_serves_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert_file = dir.path().join("cert.pem");
+    let key_file = dir.path().join("key.pem");
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let node = Node::start_with(&format!(
+        "[streaming]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        cert_file.display(),
+        key_file.display()
+    ))
+    .await;
+    let pod = node.run_pod("ws-tls", "runc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    let url = exec_url(&node, &app, &["echo", "over tls"], false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (host, _) = ws_client::split_url(&url);
+
+    // Plain HTTP to the TLS port gets no answer but a closed connection.
+    let mut plain = tokio::net::TcpStream::connect(&host).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    plain
+        .write_all(b"GET /exec/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        plain.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes a connection that is not TLS");
+    assert!(!answer.starts_with(b"HTTP/1.1 101"));
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let mut client = WsClient::connect_over(Box::new(tls), &url, &[V5])
+        .await
+        .unwrap();
+    let session = collect(&mut client, false).await;
+    assert_eq!(session.text(1), "over tls\n");
+    assert_eq!(session.text(3), SUCCESS);
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}

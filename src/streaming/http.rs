@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::exec::{self, Protocol};
 use super::websocket::{self, ChannelProtocol};
@@ -149,7 +148,9 @@ fn response(refusal: &Refusal) -> Vec<u8> {
 }
 
 /// Reads the request head; what follows it stays in the returned buffer.
-async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Refusal> {
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(RequestHead, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let end = loop {
         if let Some(end) = head_end(&buf) {
@@ -173,8 +174,10 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Ref
 }
 
 /// Serves one connection: the upgrade request, then the SPDY session.
-pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve_connection<S>(mut stream: S, server: Arc<StreamingServer>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (head, leftover) = match read_head(&mut stream).await {
         Ok(read) => read,
         Err(refusal) => {
@@ -310,13 +313,15 @@ pub fn websocket_switching(accept: &str, protocol: Option<&str>) -> String {
 
 /// Exec over WebSocket: the channel protocols, channels by number (stdin 0,
 /// stdout 1, stderr 2, error 3, resize 4) for the streams the request asked for.
-async fn serve_exec_websocket(
-    mut stream: TcpStream,
+async fn serve_exec_websocket<S>(
+    mut stream: S,
     head: RequestHead,
     leftover: Vec<u8>,
     request: ExecRequest,
     server: Arc<StreamingServer>,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let supported: Vec<&str> = ChannelProtocol::ALL.iter().map(|p| p.name()).collect();
     let (protocol, accept) =
         match negotiate_websocket(&head, websocket::negotiate_channels, &supported) {

@@ -122,6 +122,8 @@ fn random_token() -> String {
 /// The streaming server: its address, the pending tokens and the pods.
 pub struct StreamingServer {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     idle_timeout: Duration,
     exec_tokens: Mutex<TokenCache<ExecRequest>>,
     portforward_tokens: Mutex<TokenCache<PortForwardRequest>>,
@@ -135,16 +137,21 @@ impl StreamingServer {
         config: &crate::config::StreamingConfig,
         pods: Arc<PodManager>,
     ) -> std::io::Result<Arc<StreamingServer>> {
+        let tls = match &config.tls {
+            Some(tls) => Some(load_tls(tls).await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind((config.address, config.port)).await?;
         let addr = listener.local_addr()?;
         let server = Arc::new(StreamingServer {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             idle_timeout: config.idle_timeout,
             exec_tokens: Mutex::new(TokenCache::default()),
             portforward_tokens: Mutex::new(TokenCache::default()),
             pods,
         });
-        tokio::spawn(accept_loop(listener, server.clone()));
+        tokio::spawn(accept_loop(listener, tls, server.clone()));
         Ok(server)
     }
 
@@ -165,7 +172,7 @@ impl StreamingServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, Instant::now());
-        format!("http://{}/exec/{token}", self.addr)
+        format!("{}://{}/exec/{token}", self.scheme, self.addr)
     }
 
     fn take_exec(&self, token: &str) -> Option<ExecRequest> {
@@ -197,7 +204,49 @@ impl StreamingServer {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
+/// Reads the certificate chain and key and builds the TLS acceptor; errors
+/// name the file to fix.
+async fn load_tls(tls: &crate::config::StreamingTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let invalid = |path: &std::path::Path, what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("streaming TLS: {}: {what}", path.display()),
+        )
+    };
+    let read = |path: std::path::PathBuf| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| invalid(&path, format!("cannot read it: {e}")))
+    };
+    let cert_pem = read(tls.cert_file.clone()).await?;
+    let key_pem = read(tls.key_file.clone()).await?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&tls.cert_file, format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(&tls.cert_file, "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| invalid(&tls.key_file, format!("not a PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| invalid(&tls.key_file, format!("does not fit the certificate: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS handshake must finish within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    server: Arc<StreamingServer>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -213,8 +262,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingSer
             continue;
         };
         let server = server.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            http::serve_connection(stream, server).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => http::serve_connection(stream, server).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => http::serve_connection(stream, server).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "streaming server: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "streaming server: TLS handshake timed out")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }

@@ -4,8 +4,12 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A byte stream to the server: TCP, or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
@@ -21,15 +25,18 @@ pub struct Frame {
 }
 
 pub struct WsClient {
-    pub stream: TcpStream,
+    pub stream: Box<dyn Io>,
     buf: Vec<u8>,
     /// The subprotocol the server chose, if it named one.
     pub protocol: Option<String>,
 }
 
-/// Splits `http://host:port/path`.
+/// Splits `http://host:port/path` (or https).
 pub fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("an http URL");
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .expect("an http or https URL");
     let slash = rest.find('/').expect("a path");
     (rest[..slash].to_string(), rest[slash..].to_string())
 }
@@ -38,8 +45,18 @@ impl WsClient {
     /// Upgrades `url` offering `protocols`; `Err` carries the status code
     /// and body of a refusal.
     pub async fn connect(url: &str, protocols: &[&str]) -> Result<WsClient, (u16, String)> {
+        let (host, _) = split_url(url);
+        let stream = TcpStream::connect(&host).await.unwrap();
+        Self::connect_over(Box::new(stream), url, protocols).await
+    }
+
+    /// Like `connect`, over a stream the caller opened (e.g. TLS).
+    pub async fn connect_over(
+        mut stream: Box<dyn Io>,
+        url: &str,
+        protocols: &[&str],
+    ) -> Result<WsClient, (u16, String)> {
         let (host, path) = split_url(url);
-        let mut stream = TcpStream::connect(&host).await.unwrap();
         let mut request = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         );

@@ -6,7 +6,7 @@ set -euo pipefail
 
 mode=${1:-run}
 run_packages=(runc crun libc6-dev)
-test_packages=(runc crun libc6-dev containernetworking-plugins iptables docker-registry busybox-static zstd iproute2 util-linux procps)
+test_packages=(runc crun libc6-dev containernetworking-plugins iptables docker-registry busybox-static zstd iproute2 util-linux procps libseccomp-dev pkg-config)
 
 die() { echo "setup-host: $*" >&2; exit 1; }
 
@@ -43,6 +43,16 @@ fi
 # rcri is built with the host's Rust toolchain (edition 2024 needs Rust 1.85 or later).
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo not found: install Rust 1.89 or later (e.g. with rustup) first"
+fi
+
+# youki for the handler tests: built from crates.io (Debian has no package).
+# The default features lack cgroup v1, which these hosts use (every container
+# would stop at once), so v1, v2 and seccomp are asked for. About 3 minutes.
+if [ "$mode" = test ] && ! youki --version >/dev/null 2>&1; then
+  cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
+  echo "setup-host: building youki with cargo install (a few minutes)"
+  "$cargo" install youki --locked --features v1,v2,seccomp --root /usr/local
+  youki --version >/dev/null || die "youki was installed but does not run"
 fi
 
 # crun refuses cgroup v1 "hybrid" hosts whose cgroup2 mount still owns a

@@ -153,6 +153,16 @@ pub struct StreamingConfig {
     /// A streaming session with no traffic either way for this long ends.
     #[serde(serialize_with = "serialize_duration")]
     pub idle_timeout: std::time::Duration,
+    /// Serve HTTPS with this certificate chain and key (PEM); both or none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<StreamingTls>,
+}
+
+/// The streaming server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StreamingTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// The default `streaming.idle_timeout`, as the kubelet's own default.
@@ -387,6 +397,8 @@ struct FileStreaming {
     address: Option<Spanned<String>>,
     port: Option<Spanned<i64>>,
     idle_timeout: Option<Spanned<String>>,
+    tls_cert_file: Option<Spanned<PathBuf>>,
+    tls_key_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,6 +486,8 @@ struct MergedConfig {
     streaming_address: Set<String>,
     streaming_port: Set<i64>,
     streaming_idle_timeout: Set<String>,
+    streaming_tls_cert_file: Set<PathBuf>,
+    streaming_tls_key_file: Set<PathBuf>,
 }
 
 #[derive(Default)]
@@ -512,6 +526,14 @@ impl MergedConfig {
             override_with(
                 &mut self.streaming_idle_timeout,
                 src.take(streaming.idle_timeout),
+            );
+            override_with(
+                &mut self.streaming_tls_cert_file,
+                src.take(streaming.tls_cert_file),
+            );
+            override_with(
+                &mut self.streaming_tls_key_file,
+                src.take(streaming.tls_key_file),
             );
         }
         for (name, r) in file.registries {
@@ -616,6 +638,29 @@ impl MergedConfig {
                     DEFAULT_STREAMING_IDLE_TIMEOUT
                 }),
                 None => DEFAULT_STREAMING_IDLE_TIMEOUT,
+            },
+            tls: match (self.streaming_tls_cert_file, self.streaming_tls_key_file) {
+                (None, None) => None,
+                (Some((cert_file, origin)), Some((key_file, _))) => {
+                    for path in [&cert_file, &key_file] {
+                        if !path.is_absolute() {
+                            errors.push(ConfigError(format!(
+                                "{origin}: streaming TLS file {} must be an absolute path",
+                                path.display()
+                            )));
+                        }
+                    }
+                    Some(StreamingTls {
+                        cert_file,
+                        key_file,
+                    })
+                }
+                (Some((_, origin)), None) | (None, Some((_, origin))) => {
+                    errors.push(ConfigError(format!(
+                        "{origin}: streaming.tls_cert_file and streaming.tls_key_file must be set together"
+                    )));
+                    None
+                }
             },
         };
         let mut registries = BTreeMap::new();

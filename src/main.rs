@@ -127,12 +127,16 @@ fn serve(args: &ConfigArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let shutdown = {
+    let (shutdown, reload) = {
         let _context = runtime.enter();
-        rcri::server::Shutdown::install().context("cannot install signal handlers")?
+        (
+            rcri::server::Shutdown::install().context("cannot install signal handlers")?,
+            rcri::server::Reload::install(args.sources())
+                .context("cannot install signal handlers")?,
+        )
     };
     let claimed = rcri::server::claim(&config)?;
-    runtime.block_on(rcri::server::serve(config, claimed, shutdown))?;
+    runtime.block_on(rcri::server::serve(config, claimed, shutdown, reload))?;
     Ok(ExitCode::SUCCESS)
 }
 

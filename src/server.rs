@@ -1,5 +1,6 @@
 //! `rcri serve`: claims the socket, then serves RuntimeService and
-//! ImageService on it until SIGTERM or SIGINT.
+//! ImageService on it until SIGTERM or SIGINT; SIGHUP reloads the handler
+//! table.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -10,9 +11,9 @@ use std::sync::Arc;
 
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigSources};
 use crate::cri::{ImageSvc, RuntimeSvc};
-use crate::handler::HandlerTable;
+use crate::handler::{HandlerTable, SharedHandlers};
 use crate::image::registry::{RegistryClient, RegistryHost};
 use crate::image::store::{ImageStore, StoreError};
 use crate::pod::PodManager;
@@ -80,7 +81,7 @@ pub struct Claimed {
 /// Everything the services share, built after the handler table is probed.
 async fn open_pods(
     config: &Arc<Config>,
-    handlers: &Arc<HandlerTable>,
+    handlers: &Arc<SharedHandlers>,
     images: &Arc<ImageStore>,
 ) -> Result<Arc<PodManager>, ServeError> {
     let (config, handlers, images) = (config.clone(), handlers.clone(), images.clone());
@@ -190,10 +191,17 @@ fn remove_stale_socket(socket: &Path) -> Result<(), ServeError> {
     }
 }
 
-/// Serves until SIGTERM or SIGINT, then removes the socket.
-pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Result<(), ServeError> {
+/// Serves until SIGTERM or SIGINT, then removes the socket. Each SIGHUP
+/// reloads the handler table from the same configuration sources.
+pub async fn serve(
+    config: Config,
+    claimed: Claimed,
+    shutdown: Shutdown,
+    reload: Reload,
+) -> Result<(), ServeError> {
     let config = Arc::new(config);
-    let handlers = Arc::new(HandlerTable::probe(&config).await);
+    let table = HandlerTable::probe(&config).await;
+    let handlers = Arc::new(SharedHandlers::new(table));
     let listener = tokio::net::UnixListener::from_std(claimed.listener)
         .map_err(io_error("listen on", &claimed.socket))?;
     let pods = open_pods(&config, &handlers, &claimed.images).await?;
@@ -217,16 +225,20 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
     let images = ImageServiceServer::new(ImageSvc::new(claimed.images, containers_dir))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    tracing::info!(
-        socket = %claimed.socket.display(),
-        default_handler = %handlers.default_handler,
-        handlers = ?handlers.names().collect::<Vec<_>>(),
-        version = crate::cri::VERSION,
-        "rcri is serving"
-    );
-    for dropped in &handlers.dropped {
-        tracing::warn!(handler = %dropped.name, reason = %dropped.reason, "runtime handler dropped");
+    {
+        let table = handlers.current();
+        tracing::info!(
+            socket = %claimed.socket.display(),
+            default_handler = %table.default_handler,
+            handlers = ?table.names().collect::<Vec<_>>(),
+            version = crate::cri::VERSION,
+            "rcri is serving"
+        );
+        for dropped in &table.dropped {
+            tracing::warn!(handler = %dropped.name, reason = %dropped.reason, "runtime handler dropped");
+        }
     }
+    let reloader = tokio::spawn(reload.run(config.clone(), handlers.clone()));
     // After a signal, open connections (the kubelet keeps one) get a short
     // grace period to finish their calls, then rcri exits regardless.
     let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
@@ -252,6 +264,7 @@ pub async fn serve(config: Config, claimed: Claimed, shutdown: Shutdown) -> Resu
             Ok(())
         }
     };
+    reloader.abort();
     if let Err(e) = std::fs::remove_file(&claimed.socket) {
         tracing::warn!(socket = %claimed.socket.display(), error = %e, "cannot remove the socket");
     }
@@ -283,4 +296,91 @@ impl Shutdown {
         };
         tracing::info!(signal = name, "shutting down");
     }
+}
+
+/// SIGHUP, registered with the other signals before the socket is bound (its
+/// default action would end rcri), and where the configuration came from.
+pub struct Reload {
+    hangup: tokio::signal::unix::Signal,
+    sources: ConfigSources,
+}
+
+impl Reload {
+    /// Must be called inside the tokio runtime's context.
+    pub fn install(sources: ConfigSources) -> std::io::Result<Reload> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Reload {
+            hangup: signal(SignalKind::hangup())?,
+            sources,
+        })
+    }
+
+    /// Reloads on every SIGHUP, one reload at a time.
+    async fn run(mut self, running: Arc<Config>, handlers: Arc<SharedHandlers>) {
+        while self.hangup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading the runtime handlers");
+            reload_handlers(&self.sources, &running, &handlers).await;
+        }
+    }
+}
+
+/// Re-reads the configuration and puts a freshly probed handler table in
+/// place of the old one. A configuration that does not load leaves the old
+/// table. Only the handler table is reloaded: other changed settings are
+/// named in the log as needing a restart.
+pub async fn reload_handlers(sources: &ConfigSources, running: &Config, handlers: &SharedHandlers) {
+    let loaded = {
+        let sources = sources.clone();
+        tokio::task::spawn_blocking(move || Config::load(&sources)).await
+    };
+    let config = match loaded {
+        Ok(Ok(config)) => config,
+        Ok(Err(errors)) => {
+            for error in &errors.0 {
+                tracing::error!(error = %error, "reload refused: the configuration is invalid; the handler table is unchanged");
+            }
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; the handler table is unchanged");
+            return;
+        }
+    };
+    let restart = settings_needing_restart(running, &config);
+    if !restart.is_empty() {
+        tracing::warn!(
+            settings = %restart.join(", "),
+            "changed settings are not applied by a reload; restart rcri to apply them"
+        );
+    }
+    let table = HandlerTable::probe(&config).await;
+    tracing::info!(
+        sources = ?config.sources,
+        default_handler = %table.default_handler,
+        handlers = ?table.names().collect::<Vec<_>>(),
+        "runtime handlers reloaded; running pods keep the handler they started with"
+    );
+    for dropped in &table.dropped {
+        tracing::warn!(handler = %dropped.name, reason = %dropped.reason, "runtime handler dropped");
+    }
+    handlers.replace(table);
+}
+
+/// The settings outside the handler table that differ.
+fn settings_needing_restart(running: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name: &'static str, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("socket", running.socket != new.socket);
+    check("state_dir", running.state_dir != new.state_dir);
+    check("run_dir", running.run_dir != new.run_dir);
+    check("cgroup_driver", running.cgroup_driver != new.cgroup_driver);
+    check("log_level", running.log_level != new.log_level);
+    check("registries", running.registries != new.registries);
+    check("network", running.network != new.network);
+    check("streaming", running.streaming != new.streaming);
+    changed
 }

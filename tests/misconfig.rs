@@ -1,7 +1,8 @@
 //! A broken runtime handler is never a hang or a riddle: scripted fake
 //! runtimes inject the faults (a create that hangs, a create that fails with
-//! its own words, a binary removed after start). Needs root and runc (the
-//! default handler), which `make test` installs.
+//! its own words, a binary removed after start, a `state` that prints
+//! garbage or fails). Needs root, runc (the default handler), crun,
+//! docker-registry and busybox-static, which `make test` installs.
 
 mod common;
 
@@ -164,4 +165,107 @@ async fn a_runtime_binary_removed_after_start_is_named() {
         .await
         .unwrap();
     assert_nothing_left(&sandbox);
+}
+
+/// The real runc behind a wrapper whose `state` does what `on_state` says
+/// and whose `kill` does nothing, so a stopped container's exit must be
+/// asked of `state`.
+fn broken_state_runtime(dir: &std::path::Path, on_state: &str) -> std::path::PathBuf {
+    let path = dir.join("broken-state");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nverb=\nfor a in \"$@\"; do case \"$a\" in -*|/*) ;; *) verb=$a; break ;; esac; done\ncase \"$verb\" in\n  state) {on_state} ;;\n  kill) exit 0 ;;\n  *) exec {} \"$@\" ;;\nesac\n",
+            require_tool("runc").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    path
+}
+
+/// StopContainer fails in bounded time naming the runtime and quoting what
+/// it said; ContainerStatus and a restart of rcri are unaffected; once the
+/// container really exits, the pod is removed cleanly.
+async fn a_broken_state_is_named(on_state: &str, quoted: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = broken_state_runtime(dir.path(), on_state);
+    let mut node = common::node::Node::start_with(&format!(
+        "[handlers.broken]\nruntime_path = \"{}\"\n",
+        runtime.display()
+    ))
+    .await;
+    let pod = node.run_pod("broken", "broken").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    let started = Instant::now();
+    let error = node
+        .client()
+        .await
+        .stop_container(proto::StopContainerRequest {
+            container_id: app.clone(),
+            timeout: 0,
+        })
+        .await
+        .expect_err("the container cannot be confirmed stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{}", error.message());
+    let message = error.message();
+    assert!(
+        message.starts_with(&format!("container {app} did not exit")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&runtime.display().to_string()),
+        "names the runtime: {message}"
+    );
+    assert!(message.contains(quoted), "quotes the runtime: {message}");
+
+    // Status still answers, at once, and so does a restarted rcri.
+    let status = node.status(&app).await;
+    assert_eq!(status.state, proto::ContainerState::ContainerRunning as i32);
+    node.server.stop_with(nix::sys::signal::Signal::SIGKILL);
+    node.server = node.sandbox.serve();
+    let started = Instant::now();
+    let status = node.status(&app).await;
+    assert_eq!(status.state, proto::ContainerState::ContainerRunning as i32);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Once the container really exits, everything goes away.
+    let killed = std::process::Command::new(require_tool("runc"))
+        .arg("--root")
+        .arg(node.sandbox.path().join("run/runtimes/broken"))
+        .args(["kill", &app, "KILL"])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    node.wait_exited(&app).await;
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}
+
+#[tokio::test]
+async fn a_runtime_printing_garbage_for_state_is_named_and_quoted() {
+    a_broken_state_is_named(
+        "echo 'ceci n est pas un etat'; exit 0",
+        "ceci n est pas un etat",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_runtime_failing_state_is_named_and_quoted() {
+    a_broken_state_is_named(
+        "echo 'state: the frobnicator jammed' >&2; exit 1",
+        "state: the frobnicator jammed",
+    )
+    .await;
 }

@@ -174,7 +174,7 @@ async fn an_unknown_handler_is_refused_and_nothing_is_made() {
     assert_eq!(error.code(), Code::InvalidArgument);
     assert_eq!(
         error.message(),
-        "runtime handler \"kata\" is not configured; configured handlers: crun, runc"
+        "runtime handler \"kata\" is not configured; configured handlers: crun, runc, youki"
     );
     node.assert_clean();
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node};
-use common::spdy_client::{SUCCESS, V4, split_url, upgrade};
+use common::spdy_client::{SUCCESS, SpdyClient, V4, split_url, upgrade};
 use rcri::proto;
 use rcri::streaming::spdy::{self, Frame};
 use tokio::io::AsyncWriteExt;
@@ -296,6 +296,113 @@ async fn broken_clients_end_the_session_and_the_command() {
     assert_eq!(session.stderr, "done\n");
     assert_eq!(session.error, SUCCESS);
 
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}
+
+/// The next frame, or `None` if none arrives within `wait`.
+async fn recv_within(client: &mut SpdyClient, wait: Duration) -> Option<Option<Frame>> {
+    tokio::time::timeout(wait, client.recv()).await.ok()
+}
+
+#[tokio::test]
+async fn flow_control_is_honoured_once_the_client_does_it() {
+    let node = Node::start().await;
+    let pod = node.run_pod("exec-flow", "runc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    let url = exec_url(&node, &app, &["seq", "1", "100000"], false)
+        .await
+        .unwrap();
+    let mut client = upgrade(&url, &[V4]).await.unwrap();
+    // A small initial window: the server may send at most this per stream
+    // until the client grants more.
+    client
+        .send(Frame::Settings {
+            flags: 0,
+            entries: vec![(spdy::settings_id::INITIAL_WINDOW_SIZE, 0, 1000)],
+        })
+        .await;
+    let error = client.open("error").await;
+    let stdout = client.open("stdout").await;
+    client.open("stderr").await;
+    let (mut received, mut granted, mut stalls) = (0usize, 1000usize, 0);
+    let mut error_text = Vec::new();
+    loop {
+        match recv_within(&mut client, Duration::from_millis(300)).await {
+            Some(Some(Frame::Data {
+                stream_id, data, ..
+            })) if stream_id == stdout => {
+                received += data.len();
+                assert!(
+                    received <= granted,
+                    "{received} bytes sent, {granted} granted"
+                );
+            }
+            Some(Some(Frame::Data {
+                stream_id, data, ..
+            })) if stream_id == error => error_text.extend(data),
+            Some(Some(Frame::GoAway { .. })) | Some(None) => break,
+            Some(Some(_)) => {}
+            None => {
+                // Stalled: the window is used up. Grant more.
+                assert_eq!(received, granted, "the server stalls only on a full window");
+                stalls += 1;
+                for stream_id in [stdout, 0] {
+                    client
+                        .send(Frame::WindowUpdate {
+                            stream_id,
+                            delta: 200_000,
+                        })
+                        .await;
+                }
+                granted += 200_000;
+            }
+        }
+    }
+    let expected: usize = (1..=100000).map(|i: u32| i.to_string().len() + 1).sum();
+    assert_eq!(received, expected);
+    assert!(stalls >= 1, "the small window held the output back");
+    assert_eq!(String::from_utf8(error_text).unwrap(), SUCCESS);
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}
+
+#[tokio::test]
+async fn idle_sessions_end_after_the_idle_timeout() {
+    let node = Node::start_with("[streaming]\nidle_timeout = \"2s\"\n").await;
+    let pod = node.run_pod("exec-idle", "runc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+    let marker = format!("{}", 800_000 + std::process::id() % 100_000);
+    let sleeping = format!("sleep {marker}");
+    let url = exec_url(&node, &app, &["sleep", &marker], false)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut client = upgrade(&url, &[V4]).await.unwrap();
+    for kind in ["error", "stdout", "stderr"] {
+        client.open(kind).await;
+    }
+    let mut goaway = false;
+    while let Some(frame) = client.recv().await {
+        goaway |= matches!(frame, Frame::GoAway { .. });
+    }
+    let elapsed = started.elapsed();
+    assert!(goaway, "the server says goodbye");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(20),
+        "{elapsed:?}"
+    );
+    let mut gone = false;
+    for _ in 0..250 {
+        if processes_with(&sleeping).is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the idle session's command is stopped");
     node.remove_pod(&pod).await;
     node.assert_clean();
 }

@@ -542,3 +542,51 @@ fn streaming_settings_default_and_are_checked() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn streaming_idle_timeout_and_tls_are_checked() {
+    let path = FakePath::with(&["runc"]);
+    let config = Config::from_texts(&[embedded()], &path.env()).unwrap();
+    assert_eq!(
+        config.streaming.idle_timeout,
+        std::time::Duration::from_secs(4 * 3600)
+    );
+    assert_eq!(config.streaming.tls, None);
+    let config = Config::from_texts(
+        &[
+            embedded(),
+            (
+                "s.toml".to_string(),
+                "[streaming]\nidle_timeout = \"30m\"\ntls_cert_file = \"/etc/rcri/cert.pem\"\ntls_key_file = \"/etc/rcri/key.pem\"\n".to_string(),
+            ),
+        ],
+        &path.env(),
+    )
+    .unwrap();
+    assert_eq!(
+        config.streaming.idle_timeout,
+        std::time::Duration::from_secs(1800)
+    );
+    assert_eq!(
+        config.streaming.tls.as_ref().unwrap().key_file,
+        PathBuf::from("/etc/rcri/key.pem")
+    );
+    let errors = refused(Config::from_texts(
+        &texts(&[(
+            "s.toml",
+            "[streaming]\nidle_timeout = \"soon\"\ntls_cert_file = \"cert.pem\"\n",
+        )]),
+        &path.env(),
+    ));
+    assert!(
+        errors.contains(&"s.toml:2: streaming.idle_timeout = \"soon\" is not a duration such as \"30m\" or \"4h\"".to_string()),
+        "{errors:?}"
+    );
+    assert!(
+        errors.contains(
+            &"s.toml:3: streaming.tls_cert_file and streaming.tls_key_file must be set together"
+                .to_string()
+        ),
+        "{errors:?}"
+    );
+}

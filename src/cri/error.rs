@@ -79,7 +79,8 @@ impl From<PodError> for CriError {
             PodError::NotFound(_) => CriError::NotFound(message),
             PodError::AlreadyExists(_) => CriError::AlreadyExists(message),
             PodError::FailedPrecondition(_) => CriError::FailedPrecondition(message),
-            PodError::DeadlineExceeded(_) | PodError::Runtime(RuntimeError::Timeout { .. }) => {
+            PodError::DeadlineExceeded(_) => CriError::DeadlineExceeded(message),
+            PodError::Runtime(e) if matches!(*e, RuntimeError::Timeout { .. }) => {
                 CriError::DeadlineExceeded(message)
             }
             PodError::Image(e) => CriError::from(e),

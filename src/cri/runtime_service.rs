@@ -10,17 +10,17 @@ use tonic::{Request, Response, Status};
 
 use super::{CriError, RUNTIME_API_VERSION, RUNTIME_NAME, VERSION, quoted};
 use crate::config::{CgroupDriver, Config};
-use crate::handler::HandlerTable;
+use crate::handler::{HandlerTable, SharedHandlers};
 use crate::pod::PodManager;
 use crate::proto::{self, runtime_service_server::RuntimeService};
-use crate::streaming::{AttachRequest, ExecRequest, StreamingServer};
+use crate::streaming::{AttachRequest, ExecRequest, PortForwardRequest, StreamingServer};
 
 /// The kubelet-facing version of the runtime API, as other runtimes report it.
 const KUBELET_API_VERSION: &str = "0.1.0";
 
 pub struct RuntimeSvc {
     config: Arc<Config>,
-    handlers: Arc<HandlerTable>,
+    handlers: Arc<SharedHandlers>,
     pods: Arc<PodManager>,
     streaming: Arc<StreamingServer>,
     /// The pod CIDR last given by `UpdateRuntimeConfig`.
@@ -30,7 +30,7 @@ pub struct RuntimeSvc {
 impl RuntimeSvc {
     pub fn new(
         config: Arc<Config>,
-        handlers: Arc<HandlerTable>,
+        handlers: Arc<SharedHandlers>,
         pods: Arc<PodManager>,
         streaming: Arc<StreamingServer>,
     ) -> Self {
@@ -43,36 +43,45 @@ impl RuntimeSvc {
         }
     }
 
-    fn runtime_handlers(&self) -> Vec<proto::RuntimeHandler> {
+    fn runtime_handlers(table: &HandlerTable) -> Vec<proto::RuntimeHandler> {
         let entry = |name: &str| {
-            self.handlers
-                .handlers
-                .get(name)
-                .map(|h| proto::RuntimeHandler {
-                    name: name.to_string(),
-                    features: Some(proto::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: h.features.recursive_read_only_mounts,
-                        user_namespaces: h.features.user_namespaces,
-                    }),
-                })
+            table.handlers.get(name).map(|h| proto::RuntimeHandler {
+                name: name.to_string(),
+                features: Some(proto::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: h.features.recursive_read_only_mounts,
+                    user_namespaces: h.features.user_namespaces,
+                }),
+            })
         };
         // The default again under the empty name: that is what a pod without
         // a RuntimeClass gets.
-        let default = entry(&self.handlers.default_handler).map(|mut h| {
+        let default = entry(&table.default_handler).map(|mut h| {
             h.name.clear();
             h
         });
         default
             .into_iter()
-            .chain(self.handlers.names().filter_map(entry))
+            .chain(table.names().filter_map(entry))
             .collect()
     }
 
-    fn verbose_info(&self) -> HashMap<String, String> {
-        let dropped = serde_json::to_string(&self.handlers.dropped)
-            .expect("dropped handlers serialize to JSON");
+    fn verbose_info(&self, table: &HandlerTable) -> HashMap<String, String> {
+        let dropped =
+            serde_json::to_string(&table.dropped).expect("dropped handlers serialize to JSON");
+        // The running configuration with the handler table in use (a reload
+        // may have replaced it).
+        let effective = Config {
+            default_handler: table.default_handler.clone(),
+            handlers: table
+                .handlers
+                .iter()
+                .map(|(name, entry)| (name.clone(), entry.config.clone()))
+                .collect(),
+            dropped_handlers: table.dropped.clone(),
+            ..(*self.config).clone()
+        };
         let mut info = HashMap::from([
-            ("config".to_string(), self.config.to_json()),
+            ("config".to_string(), effective.to_json()),
             ("droppedHandlers".to_string(), dropped),
         ]);
         let pod_cidr = self.pod_cidr.read().expect("pod CIDR lock").clone();
@@ -123,15 +132,16 @@ impl RuntimeService for RuntimeSvc {
                 },
             },
         ];
+        let table = self.handlers.current();
         let info = if request.get_ref().verbose {
-            self.verbose_info()
+            self.verbose_info(&table)
         } else {
             HashMap::new()
         };
         Ok(Response::new(proto::StatusResponse {
             status: Some(proto::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: self.runtime_handlers(),
+            runtime_handlers: Self::runtime_handlers(&table),
             features: Some(proto::RuntimeFeatures::default()),
         }))
     }
@@ -375,6 +385,39 @@ impl RuntimeService for RuntimeSvc {
             tty: request.tty,
         });
         Ok(Response::new(proto::AttachResponse { url }))
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<proto::PortForwardRequest>,
+    ) -> Result<Response<proto::PortForwardResponse>, Status> {
+        let request = request.into_inner();
+        if request.pod_sandbox_id.is_empty() {
+            return Err(
+                CriError::InvalidArgument("PortForward needs a pod sandbox id".into()).into(),
+            );
+        }
+        let mut ports = Vec::with_capacity(request.port.len());
+        for port in &request.port {
+            match u16::try_from(*port) {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => {
+                    return Err(CriError::InvalidArgument(format!(
+                        "port {port} cannot be forwarded: ports are from 1 to 65535"
+                    ))
+                    .into());
+                }
+            }
+        }
+        let pod_id = self
+            .pods
+            .check_port_forward(&request.pod_sandbox_id)
+            .await
+            .map_err(CriError::from)?;
+        let url = self
+            .streaming
+            .register_port_forward(PortForwardRequest { pod_id, ports });
+        Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
     async fn update_runtime_config(

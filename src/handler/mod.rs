@@ -4,6 +4,7 @@
 pub mod oci;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -91,6 +92,33 @@ impl HandlerTable {
     /// The names a pod may ask for, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.handlers.keys().map(String::as_str)
+    }
+}
+
+/// The handler table in use, shared by everything that reads it (pods,
+/// `Status`) and replaced whole on reload: a reader holds one consistent
+/// table for as long as it needs, never a half-updated one.
+#[derive(Debug)]
+pub struct SharedHandlers(RwLock<Arc<HandlerTable>>);
+
+impl SharedHandlers {
+    pub fn new(table: HandlerTable) -> SharedHandlers {
+        SharedHandlers(RwLock::new(Arc::new(table)))
+    }
+
+    /// The table as it is now.
+    pub fn current(&self) -> Arc<HandlerTable> {
+        // The lock only guards a pointer swap: a poisoned lock still holds
+        // a whole table.
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `table` in place for every later reader.
+    pub fn replace(&self, table: HandlerTable) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
     }
 }
 

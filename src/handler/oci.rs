@@ -21,9 +21,10 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{handler} runtime `{verb}` for {id} failed ({status}): {stderr}")]
+    #[error("{handler} runtime ({path}) `{verb}` for {id} failed ({status}): {stderr}", path = path.display())]
     Failed {
         handler: String,
+        path: PathBuf,
         verb: String,
         id: String,
         status: String,
@@ -37,10 +38,12 @@ pub enum RuntimeError {
         timeout: Duration,
     },
     #[error(
-        "{handler} runtime `state {id}` printed something that is not a container state: {output}"
+        "{handler} runtime ({path}) `state {id}` printed something that is not a container state: {output:?}",
+        path = path.display()
     )]
     BadState {
         handler: String,
+        path: PathBuf,
         id: String,
         output: String,
     },
@@ -121,6 +124,7 @@ impl OciRuntime {
         if !output.status.success() {
             return Err(RuntimeError::Failed {
                 handler: self.handler.clone(),
+                path: self.path.clone(),
                 verb: verb.to_string(),
                 id: id.to_string(),
                 status: output.status.to_string(),
@@ -200,6 +204,7 @@ impl OciRuntime {
             };
             return Err(RuntimeError::Failed {
                 handler: self.handler.clone(),
+                path: self.path.clone(),
                 verb: "start".into(),
                 id: id.to_string(),
                 status: status.to_string(),
@@ -236,6 +241,7 @@ impl OciRuntime {
                 .map(Some)
                 .map_err(|_| RuntimeError::BadState {
                     handler: self.handler.clone(),
+                    path: self.path.clone(),
                     id: id.to_string(),
                     output: String::from_utf8_lossy(&output.stdout)
                         .chars()

@@ -11,6 +11,8 @@
 
 mod files;
 mod netns;
+
+pub use netns::{ConnectError, PodNetwork};
 pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +25,7 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::handler::oci::{OciRuntime, RuntimeError};
-use crate::handler::{HandlerEntry, HandlerTable};
+use crate::handler::{HandlerEntry, SharedHandlers};
 use crate::image::rootfs::{self, RootfsError, RootfsLayout};
 use crate::image::store::{ImageStore, StoreError};
 use crate::monitor::{self, MonitorConfig, SyncReply};
@@ -59,8 +61,9 @@ pub enum PodError {
     FailedPrecondition(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// Boxed: a runtime's error carries several strings.
     #[error(transparent)]
-    Runtime(#[from] RuntimeError),
+    Runtime(Box<RuntimeError>),
     #[error(transparent)]
     Spec(#[from] SpecError),
     #[error(transparent)]
@@ -77,6 +80,12 @@ pub enum PodError {
     Network(String),
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<RuntimeError> for PodError {
+    fn from(error: RuntimeError) -> PodError {
+        PodError::Runtime(Box::new(error))
+    }
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PodError {
@@ -108,7 +117,7 @@ struct Tables {
 
 pub struct PodManager {
     config: Arc<Config>,
-    handlers: Arc<HandlerTable>,
+    handlers: Arc<SharedHandlers>,
     images: Arc<ImageStore>,
     host: spec::HostInfo,
     cni: Cni,
@@ -141,7 +150,7 @@ impl PodManager {
     /// Blocking: call before serving.
     pub fn open(
         config: Arc<Config>,
-        handlers: Arc<HandlerTable>,
+        handlers: Arc<SharedHandlers>,
         images: Arc<ImageStore>,
     ) -> Result<PodManager, PodError> {
         for dir in [
@@ -239,10 +248,37 @@ impl PodManager {
         self.locks.lock().expect("id lock table").remove(id);
     }
 
-    fn handler(&self, name: &str) -> Result<&HandlerEntry, PodError> {
+    /// The handler a new pod asked for, from the current table.
+    fn handler(&self, name: &str) -> Result<HandlerEntry, PodError> {
         self.handlers
+            .current()
             .resolve(name)
+            .cloned()
             .map_err(|e| PodError::InvalidArgument(e.to_string()))
+    }
+
+    /// The handler a pod started with: kept in its record, so a reload that
+    /// changes or removes the handler does not touch running pods. Records
+    /// from before that was kept are looked up in the table by name.
+    fn handler_of(&self, pod: &PodRecord) -> Result<HandlerEntry, PodError> {
+        if let Some(stored) = &pod.runtime {
+            return Ok(stored.entry(&pod.handler));
+        }
+        self.handlers
+            .current()
+            .handlers
+            .get(&pod.handler)
+            .cloned()
+            .ok_or_else(|| {
+                PodError::FailedPrecondition(format!(
+                    "runtime handler {:?} of pod {} is no longer configured; configure it again to manage this pod",
+                    pod.handler, pod.id
+                ))
+            })
+    }
+
+    fn runtime_of(&self, pod: &PodRecord) -> Result<OciRuntime, PodError> {
+        self.handler_of(pod).map(|h| OciRuntime::new(&h.config))
     }
 
     fn pod_state_dir(&self, id: &str) -> PathBuf {
@@ -280,7 +316,7 @@ impl PodManager {
                 "PodSandboxConfig.metadata needs a name, a namespace and a uid".into(),
             ));
         }
-        let handler = self.handler(handler_name)?.clone();
+        let handler = self.handler(handler_name)?;
         let id = record::new_id();
         let key = pod_name_key(&metadata);
         {
@@ -329,6 +365,26 @@ impl PodManager {
         let state_dir = self.pod_state_dir(id);
         let shm = run_dir.join("shm");
         let netns = (!host_network).then(|| run_dir.join("netns"));
+        // The spec first: a request the handler cannot serve is refused
+        // before anything is made.
+        let cgroup_parent = config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .unwrap_or_default();
+        let handler_options = spec::HandlerOptions::new(&handler.config, handler.features);
+        let mut spec = spec::sandbox_spec(&spec::SandboxSpecInput {
+            sandbox_id: id,
+            config,
+            rootfs: &self.pause_rootfs,
+            pause_path: PAUSE_PATH,
+            netns_path: netns.as_deref(),
+            cgroup_parent: &cgroup_parent,
+            cgroup_driver: self.config.cgroup_driver,
+            handler: &handler_options,
+            host: &self.host,
+        })?;
+        restrict_capabilities(&mut spec, self.capability_bound);
         {
             let netns = netns.clone();
             let (run_dir, state_dir, shm, config) = (
@@ -370,25 +426,6 @@ impl PodManager {
             Some(netns) => self.attach_network(id, config, netns).await?,
             None => None,
         };
-        let cgroup_parent = config
-            .linux
-            .as_ref()
-            .map(|l| l.cgroup_parent.clone())
-            .unwrap_or_default();
-        let handler_options =
-            spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
-        let mut spec = spec::sandbox_spec(&spec::SandboxSpecInput {
-            sandbox_id: id,
-            config,
-            rootfs: &self.pause_rootfs,
-            pause_path: PAUSE_PATH,
-            netns_path: netns.as_deref(),
-            cgroup_parent: &cgroup_parent,
-            cgroup_driver: self.config.cgroup_driver,
-            handler: &handler_options,
-            host: &self.host,
-        })?;
-        restrict_capabilities(&mut spec, self.capability_bound);
         let runtime = OciRuntime::new(&handler.config);
         let started = self
             .create_and_start(
@@ -414,6 +451,7 @@ impl PodManager {
             shm_mounted: !host_ipc,
             netns,
             network: attachment,
+            runtime: Some(record::PodHandler::of(handler)),
         };
         self.save_pod(&pod).await?;
         Ok(pod)
@@ -549,8 +587,9 @@ impl PodManager {
             return Err(deadline_error());
         }
         if !reply.ok {
-            return Err(PodError::Runtime(RuntimeError::Failed {
+            return Err(PodError::from(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
+                path: runtime.path.clone(),
                 verb: "create".into(),
                 id: id.to_string(),
                 status: "failed".into(),
@@ -686,7 +725,7 @@ impl PodManager {
         }
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         if self.exit_of_pod(&pod.id).is_none() {
             let _ = runtime.kill(&pod.id, "KILL", false).await;
             self.wait_exit(&self.pod_state_dir(&pod.id).join("exit.json"), KILL_WAIT)
@@ -719,7 +758,7 @@ impl PodManager {
         self.stop_pod(&pod.id).await?;
         let lock = self.lock_for(&pod.id);
         let _guard = lock.lock().await;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         runtime.delete(&pod.id, true).await?;
         self.destroy_pod_files(&pod.id, &runtime).await;
         {
@@ -730,19 +769,6 @@ impl PodManager {
         self.forget_lock(&pod.id);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
-    }
-
-    fn runtime_of(&self, handler: &str) -> Result<OciRuntime, PodError> {
-        // A pod keeps the handler it started with, even if the table changed.
-        self.handlers
-            .handlers
-            .get(handler)
-            .map(|h| OciRuntime::new(&h.config))
-            .ok_or_else(|| {
-                PodError::FailedPrecondition(format!(
-                    "runtime handler {handler:?} of this pod is no longer configured"
-                ))
-            })
     }
 
     pub async fn pod_status(
@@ -879,7 +905,7 @@ impl PodManager {
             }
             Err(e) => {
                 tracing::warn!(container = %id, error = %e, "container creation failed; rolling back");
-                if let Ok(runtime) = self.runtime_of(&pod.handler) {
+                if let Ok(runtime) = self.runtime_of(&pod) {
                     let _ = runtime.delete(&id, true).await;
                 }
                 self.remove_container_files(&id).await;
@@ -904,17 +930,7 @@ impl PodManager {
             ))
         })?;
         let image_config = image_config_of(&self.images.config_bytes(&image).await?);
-        let handler = self
-            .handlers
-            .handlers
-            .get(&pod.handler)
-            .ok_or_else(|| {
-                PodError::FailedPrecondition(format!(
-                    "runtime handler {:?} is no longer configured",
-                    pod.handler
-                ))
-            })?
-            .clone();
+        let handler = self.handler_of(pod)?;
         // The rootfs: the image's layers under the container's own layer.
         self.images.hold_layers(id, &image);
         let state_dir = self.container_state_dir(id);
@@ -975,8 +991,7 @@ impl PodManager {
             })?),
             None => None,
         };
-        let handler_options =
-            spec::HandlerOptions::new(&handler.config, handler.features.recursive_read_only_mounts);
+        let handler_options = spec::HandlerOptions::new(&handler.config, handler.features);
         let mut oci_spec = spec::container_spec(&spec::ContainerSpecInput {
             container_id: id,
             sandbox_id: &pod.id,
@@ -1081,7 +1096,7 @@ impl PodManager {
             )));
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let run_dir = self.container_run_dir(&container.id);
         let stdio = open_start_fifos(&run_dir).await;
         let start_log = run_dir.join("start.log");
@@ -1167,7 +1182,7 @@ impl PodManager {
             return Ok(());
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let exit_file = self.container_state_dir(&container.id).join("exit.json");
         if container.state == ContainerState::Created {
             // Never started: nothing to wait for but the kill.
@@ -1196,12 +1211,12 @@ impl PodManager {
             }
         }
         if !self.wait_exit(&exit_file, MONITOR_EXIT_WAIT).await
-            && !self
+            && let Err(why) = self
                 .exit_from_runtime(&runtime, &container, &exit_file)
-                .await?
+                .await
         {
             return Err(PodError::DeadlineExceeded(format!(
-                "container {} did not exit within {KILL_WAIT:?} of SIGKILL",
+                "container {} did not exit within {KILL_WAIT:?} of SIGKILL: {why}",
                 container.id
             )));
         }
@@ -1214,31 +1229,48 @@ impl PodManager {
     /// monitor's child (runsc: a pod's second container lives in the
     /// sandbox process), so the monitor cannot see it exit. Ask the runtime;
     /// once it reports the container stopped (or gone), record the kill and
-    /// retire the monitor. Returns whether the container is stopped.
+    /// retire the monitor. Fails, saying what the runtime last answered, if
+    /// the container is not stopped within KILL_WAIT.
     async fn exit_from_runtime(
         &self,
         runtime: &OciRuntime,
         container: &ContainerRecord,
         exit_file: &Path,
-    ) -> Result<bool, PodError> {
+    ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        // What the runtime last said, for the error.
+        let mut last = None;
         loop {
             if monitor::read_exit(exit_file).is_some() {
-                return Ok(true);
+                return Ok(());
             }
-            let stopped = match runtime.state(&container.id).await {
-                Ok(None) => true,
-                Ok(Some(state)) => state.status == "stopped",
+            // A runtime that hangs on `state` gets no more than the deadline.
+            let Ok(answer) = tokio::time::timeout_at(deadline, runtime.state(&container.id)).await
+            else {
+                return Err(last.unwrap_or_else(|| {
+                    format!(
+                        "runtime handler {:?} ({}) did not answer `state` in time",
+                        runtime.handler,
+                        runtime.path.display()
+                    )
+                }));
+            };
+            last = Some(match answer {
+                Ok(None) => break,
+                Ok(Some(state)) if state.status == "stopped" => break,
+                Ok(Some(state)) => format!(
+                    "runtime handler {:?} ({}) reports it {:?}",
+                    runtime.handler,
+                    runtime.path.display(),
+                    state.status
+                ),
                 Err(e) => {
                     tracing::debug!(container = %container.id, error = %e, "runtime state failed");
-                    false
+                    format!("its runtime cannot tell whether it runs: {e}")
                 }
-            };
-            if stopped {
-                break;
-            }
+            });
             if tokio::time::Instant::now() >= deadline {
-                return Ok(false);
+                return Err(last.unwrap_or_default());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1258,8 +1290,8 @@ impl PodManager {
                 serde_json::to_vec(&record).map_err(|e| PodError::Internal(e.to_string()))?;
             crate::fsutil::write_atomic(&path, &bytes).map_err(io_error("write", &path))
         })
-        .await?;
-        Ok(true)
+        .await
+        .map_err(|e| format!("cannot record its exit: {e}"))
     }
 
     pub async fn remove_container(&self, id: &str) -> Result<(), PodError> {
@@ -1272,9 +1304,7 @@ impl PodManager {
         let lock = self.lock_for(&container.id);
         let _guard = lock.lock().await;
         if let Ok(pod) = self.pod_of(&container).await {
-            self.runtime_of(&pod.handler)?
-                .delete(&container.id, true)
-                .await?;
+            self.runtime_of(&pod)?.delete(&container.id, true).await?;
         }
         self.remove_container_files(&container.id).await;
         {
@@ -1469,6 +1499,46 @@ impl PodManager {
         self.container_run_dir(id)
     }
 
+    /// Checks that pod `id` exists and is ready, as port-forward needs;
+    /// returns its full id.
+    pub async fn check_port_forward(&self, id: &str) -> Result<String, PodError> {
+        let (id, state) = {
+            let tables = self.tables.lock().await;
+            let id = Self::resolve_pod_id(&tables, id)
+                .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+            let state = tables.pods[&id].state;
+            (id, state)
+        };
+        if state != PodState::Ready || self.exit_of_pod(&id).is_some() {
+            return Err(PodError::FailedPrecondition(format!(
+                "pod sandbox {id} is not ready (its infra container is stopped): ports can be forwarded only into a running pod"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// The network namespace of ready pod `id`, open for port-forward
+    /// connections (the host's for a host-network pod).
+    pub async fn pod_network(&self, id: &str) -> Result<PodNetwork, PodError> {
+        let id = self.check_port_forward(id).await?;
+        let netns = self
+            .tables
+            .lock()
+            .await
+            .pods
+            .get(&id)
+            .map(|pod| pod.netns.clone())
+            .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
+        blocking(move || {
+            PodNetwork::open(netns.as_deref()).map_err(|source| PodError::Io {
+                action: "open the network namespace",
+                path: netns.unwrap_or_default(),
+                source,
+            })
+        })
+        .await
+    }
+
     /// Checks that container `id` exists and runs, as streaming exec needs.
     pub async fn check_exec(&self, id: &str) -> Result<(), PodError> {
         let container = self.refresh_container(id).await?;
@@ -1505,7 +1575,7 @@ impl PodManager {
             )));
         }
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let run_dir = self.container_run_dir(&container.id);
         let exec_id = record::new_id();
         let process_path = run_dir.join(format!("exec-{}.json", &exec_id[..12]));
@@ -1609,7 +1679,7 @@ impl PodManager {
             return Ok(());
         };
         let pod = self.pod_of(&container).await?;
-        let runtime = self.runtime_of(&pod.handler)?;
+        let runtime = self.runtime_of(&pod)?;
         let oci_resources = spec::linux_resources(&resources, self.host.cgroup_v2)?;
         let path = self.container_run_dir(&container.id).join("update.json");
         let json =
@@ -1627,8 +1697,9 @@ impl PodManager {
             .await
             .map_err(io_error("run the runtime", &runtime.path))?;
         if !output.status.success() {
-            return Err(PodError::Runtime(RuntimeError::Failed {
+            return Err(PodError::from(RuntimeError::Failed {
                 handler: runtime.handler.clone(),
+                path: runtime.path.clone(),
                 verb: "update".into(),
                 id: container.id.clone(),
                 status: output.status.to_string(),

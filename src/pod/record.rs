@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use crate::config::{Handler, RuntimeType};
 use crate::fsutil;
+use crate::handler::{Features, HandlerEntry};
 use crate::proto;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +77,62 @@ pub struct PodRecord {
     /// What CNI ADD gave the pod, kept for status and for DEL after a restart.
     #[serde(default)]
     pub network: Option<NetworkAttachment>,
+    /// The handler as it was resolved at RunPodSandbox: the pod keeps it
+    /// even if a reload changes or removes the handler. Records written
+    /// before it existed have none; the table is asked by name then.
+    #[serde(default)]
+    pub runtime: Option<PodHandler>,
+}
+
+/// What a pod needs of its handler for its whole life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodHandler {
+    pub runtime_type: RuntimeType,
+    pub runtime_path: PathBuf,
+    pub runtime_root: PathBuf,
+    pub runtime_args: Vec<String>,
+    pub privileged_without_host_devices: bool,
+    pub allowed_annotations: Vec<String>,
+    pub create_timeout_ms: u64,
+    pub recursive_read_only_mounts: bool,
+    pub user_namespaces: bool,
+}
+
+impl PodHandler {
+    pub fn of(entry: &HandlerEntry) -> PodHandler {
+        let h = &entry.config;
+        PodHandler {
+            runtime_type: h.runtime_type,
+            runtime_path: h.runtime_path.clone(),
+            runtime_root: h.runtime_root.clone(),
+            runtime_args: h.runtime_args.clone(),
+            privileged_without_host_devices: h.privileged_without_host_devices,
+            allowed_annotations: h.allowed_annotations.clone(),
+            create_timeout_ms: h.create_timeout.as_millis() as u64,
+            recursive_read_only_mounts: entry.features.recursive_read_only_mounts,
+            user_namespaces: entry.features.user_namespaces,
+        }
+    }
+
+    /// The handler entry again, under the pod's handler name.
+    pub fn entry(&self, name: &str) -> HandlerEntry {
+        HandlerEntry {
+            config: Handler {
+                name: name.to_string(),
+                runtime_type: self.runtime_type,
+                runtime_path: self.runtime_path.clone(),
+                runtime_root: self.runtime_root.clone(),
+                runtime_args: self.runtime_args.clone(),
+                privileged_without_host_devices: self.privileged_without_host_devices,
+                allowed_annotations: self.allowed_annotations.clone(),
+                create_timeout: std::time::Duration::from_millis(self.create_timeout_ms),
+            },
+            features: Features {
+                recursive_read_only_mounts: self.recursive_read_only_mounts,
+                user_namespaces: self.user_namespaces,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -211,6 +269,7 @@ mod tests {
             shm_mounted: true,
             netns: None,
             network: None,
+            runtime: None,
         };
         let pod_dir = dir.path().join(&record.id);
         std::fs::create_dir(&pod_dir).unwrap();
@@ -223,5 +282,36 @@ mod tests {
             !dir.path().join("half-made").exists(),
             "unfinished creations are cleaned"
         );
+    }
+
+    #[test]
+    fn the_resolved_handler_round_trips_and_old_records_have_none() {
+        let entry = HandlerEntry {
+            config: Handler {
+                name: "fast".into(),
+                runtime_type: RuntimeType::Oci,
+                runtime_path: "/usr/bin/crun".into(),
+                runtime_root: "/run/rcri/runtimes/fast".into(),
+                runtime_args: vec!["--systemd-cgroup".into()],
+                privileged_without_host_devices: true,
+                allowed_annotations: vec!["io.example/*".into()],
+                create_timeout: std::time::Duration::from_millis(1500),
+            },
+            features: Features {
+                recursive_read_only_mounts: true,
+                user_namespaces: false,
+            },
+        };
+        let stored = PodHandler::of(&entry);
+        let json = serde_json::to_string(&stored).unwrap();
+        let back: PodHandler = serde_json::from_str(&json).unwrap();
+        let again = back.entry("fast");
+        assert_eq!(again.config, entry.config);
+        assert_eq!(again.features, entry.features);
+
+        let old = r#"{"id":"p","handler":"runc","state":"Ready","created_at":1,"config":"",
+            "pause_pid":2,"monitor_pid":3,"cgroup_parent":"","shm_mounted":false}"#;
+        let record: PodRecord = serde_json::from_str(old).unwrap();
+        assert!(record.runtime.is_none());
     }
 }

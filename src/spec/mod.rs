@@ -124,15 +124,18 @@ pub struct HandlerOptions {
     /// Annotation keys, or prefixes ending in `*`, copied into the spec.
     pub allowed_annotations: Vec<String>,
     pub supports_recursive_read_only: bool,
+    /// The runtime reports user namespaces with idmapped mounts.
+    pub supports_user_namespaces: bool,
 }
 
 impl HandlerOptions {
-    pub fn new(handler: &crate::config::Handler, supports_recursive_read_only: bool) -> Self {
+    pub fn new(handler: &crate::config::Handler, features: crate::handler::Features) -> Self {
         Self {
             name: handler.name.clone(),
             privileged_without_host_devices: handler.privileged_without_host_devices,
             allowed_annotations: handler.allowed_annotations.clone(),
-            supports_recursive_read_only,
+            supports_recursive_read_only: features.recursive_read_only_mounts,
+            supports_user_namespaces: features.user_namespaces,
         }
     }
 }
@@ -238,8 +241,11 @@ pub fn container_spec(input: &ContainerSpecInput<'_>) -> Result<oci::Spec, SpecE
             "a privileged container needs a privileged pod (pod security_context.privileged)",
         ));
     }
-    refuse_user_namespaces(sc.namespace_options.as_ref())?;
-    refuse_user_namespaces(pod_sc.and_then(|s| s.namespace_options.as_ref()))?;
+    refuse_user_namespaces(sc.namespace_options.as_ref(), input.handler)?;
+    refuse_user_namespaces(
+        pod_sc.and_then(|s| s.namespace_options.as_ref()),
+        input.handler,
+    )?;
 
     // Command: Kubernetes' rules; a CRI command drops the image's Cmd too.
     let mut args = if config.command.is_empty() {
@@ -511,7 +517,7 @@ pub fn sandbox_spec(input: &SandboxSpecInput<'_>) -> Result<oci::Spec, SpecError
     let linux = config.linux.as_ref();
     let sc = linux.and_then(|l| l.security_context.as_ref());
     let ns_opts = sc.and_then(|s| s.namespace_options.as_ref());
-    refuse_user_namespaces(ns_opts)?;
+    refuse_user_namespaces(ns_opts, input.handler)?;
     let mode = |get: fn(&proto::NamespaceOption) -> i32| {
         ns_opts.map(get).unwrap_or(NamespaceMode::Pod as i32)
     };
@@ -664,10 +670,25 @@ pub fn cgroups_path(driver: CgroupDriver, parent: &str, id: &str) -> Result<Stri
     }
 }
 
-fn refuse_user_namespaces(opts: Option<&proto::NamespaceOption>) -> Result<(), SpecError> {
+/// A pod in a user namespace of its own (`hostUsers: false`) needs a
+/// runtime with user namespaces and idmapped mounts, and rcri does not map
+/// ids yet either: refused, naming what is missing.
+fn refuse_user_namespaces(
+    opts: Option<&proto::NamespaceOption>,
+    handler: &HandlerOptions,
+) -> Result<(), SpecError> {
     match opts.and_then(|o| o.userns_options.as_ref()) {
         Some(u) if u.mode != NamespaceMode::Node as i32 => {
-            Err(invalid("user namespaces are not supported by rcri yet"))
+            if handler.supports_user_namespaces {
+                Err(invalid(
+                    "user namespaces (hostUsers: false) are not supported by rcri yet; run the pod with hostUsers: true",
+                ))
+            } else {
+                Err(invalid(format!(
+                    "runtime handler {:?} does not support user namespaces (its runtime's `features` lack user namespaces with idmapped mounts); run the pod with hostUsers: true or on a handler that supports them",
+                    handler.name
+                )))
+            }
         }
         _ => Ok(()),
     }

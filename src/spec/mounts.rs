@@ -212,7 +212,7 @@ fn cri_mount(
         }
         if !input.supports_recursive_read_only {
             return Err(SpecError::InvalidArgument(format!(
-                "recursive read-only mounts are not supported by handler {:?} (mount {destination})",
+                "runtime handler {:?} does not support recursive read-only mounts (mount {destination}); run the pod on a handler that does (Status lists each handler's features) or drop recursive_read_only",
                 input.handler_name
             )));
         }

@@ -641,7 +641,7 @@ fn recursive_read_only_needs_handler_support() {
     }];
     assert_eq!(
         f.error(),
-        "recursive read-only mounts are not supported by handler \"runc\" (mount /ro)"
+        "runtime handler \"runc\" does not support recursive read-only mounts (mount /ro); run the pod on a handler that does (Status lists each handler's features) or drop recursive_read_only"
     );
     f.handler.supports_recursive_read_only = true;
     assert_eq!(
@@ -802,7 +802,16 @@ fn user_namespaces_are_refused() {
         }),
         ..Default::default()
     });
-    assert!(f.error().contains("user namespaces"));
+    assert_eq!(
+        f.error(),
+        "runtime handler \"runc\" does not support user namespaces (its runtime's `features` lack user namespaces with idmapped mounts); run the pod with hostUsers: true or on a handler that supports them"
+    );
+    f.handler.supports_user_namespaces = true;
+    assert!(
+        f.error().contains("not supported by rcri yet"),
+        "{}",
+        f.error()
+    );
     f.sc()
         .namespace_options
         .as_mut()

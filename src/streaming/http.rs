@@ -1,14 +1,18 @@
 //! The HTTP/1.1 side of the streaming server: one request per connection,
-//! which must be an upgrade to SPDY/3.1 of a `/exec/<token>` URL.
+//! which must upgrade an `/exec/<token>` or `/attach/<token>` URL to
+//! SPDY/3.1 or to WebSocket, or a `/portforward/<token>` URL to SPDY/3.1.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::exec::{self, Protocol};
-use super::{StreamingServer, attach, spdy_transport};
+use super::websocket::{self, ChannelProtocol};
+use super::{
+    AttachRequest, ExecRequest, PortForwardRequest, StreamingServer, attach, portforward,
+    spdy_transport,
+};
 
 /// The request head may not be larger than this.
 const MAX_HEAD: usize = 16 * 1024;
@@ -88,6 +92,22 @@ fn refuse(status: &'static str, message: impl Into<String>) -> Refusal {
 
 /// Checks the upgrade headers and picks the protocol version.
 pub fn negotiate(head: &RequestHead) -> Result<Protocol, Refusal> {
+    check_spdy_upgrade(head)?;
+    let chosen = choose_version(head, &Protocol::ALL.map(Protocol::name))?;
+    // `chosen` is one of the names: the fallback is never taken.
+    Ok(Protocol::ALL
+        .into_iter()
+        .find(|p| p.name() == chosen)
+        .unwrap_or(Protocol::V1))
+}
+
+/// Checks the upgrade headers of a port-forward request and its version.
+pub fn negotiate_port_forward(head: &RequestHead) -> Result<&'static str, Refusal> {
+    check_spdy_upgrade(head)?;
+    choose_version(head, &[portforward::PROTOCOL])
+}
+
+fn check_spdy_upgrade(head: &RequestHead) -> Result<(), Refusal> {
     let upgrade_requested = head
         .values("connection")
         .any(|v| v.eq_ignore_ascii_case("upgrade"));
@@ -100,17 +120,21 @@ pub fn negotiate(head: &RequestHead) -> Result<Protocol, Refusal> {
             "unable to upgrade: the request must carry Connection: Upgrade and Upgrade: SPDY/3.1",
         ));
     }
+    Ok(())
+}
+
+/// The first of `accepted` (best first) that the client offers.
+fn choose_version(head: &RequestHead, accepted: &[&'static str]) -> Result<&'static str, Refusal> {
     let offered: Vec<&str> = head.values("x-stream-protocol-version").collect();
-    Protocol::ALL
+    accepted
         .iter()
         .copied()
-        .find(|p| offered.contains(&p.name()))
+        .find(|name| offered.contains(name))
         .ok_or_else(|| {
             refuse(
                 "403 Forbidden",
                 format!(
-                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {:?}",
-                    Protocol::ALL.iter().map(|p| p.name()).collect::<Vec<_>>()
+                    "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {accepted:?}"
                 ),
             )
         })
@@ -127,7 +151,9 @@ fn response(refusal: &Refusal) -> Vec<u8> {
 }
 
 /// Reads the request head; what follows it stays in the returned buffer.
-async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Refusal> {
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(RequestHead, Vec<u8>), Refusal> {
     let mut buf = Vec::with_capacity(1024);
     let end = loop {
         if let Some(end) = head_end(&buf) {
@@ -151,8 +177,10 @@ async fn read_head(stream: &mut TcpStream) -> Result<(RequestHead, Vec<u8>), Ref
 }
 
 /// Serves one connection: the upgrade request, then the SPDY session.
-pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve_connection<S>(mut stream: S, server: Arc<StreamingServer>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (head, leftover) = match read_head(&mut stream).await {
         Ok(read) => read,
         Err(refusal) => {
@@ -162,49 +190,202 @@ pub async fn serve_connection(mut stream: TcpStream, server: Arc<StreamingServer
             return;
         }
     };
-    let request = if !(head.method == "GET" || head.method == "POST") {
-        None
-    } else if let Some(token) = head.path.strip_prefix("/exec/") {
-        server.take_exec(token).map(Target::Exec)
-    } else if let Some(token) = head.path.strip_prefix("/attach/") {
-        server.take_attach(token).map(Target::Attach)
-    } else {
-        None
-    };
-    let Some(request) = request else {
+    let Some(request) = take_request(&head, &server) else {
         let _ = stream
             .write_all(&response(&refuse("404 Not Found", "404 page not found")))
             .await;
         return;
     };
-    let protocol = match negotiate(&head) {
-        Ok(protocol) => protocol,
+    let websocket = head
+        .values("upgrade")
+        .any(|v| v.eq_ignore_ascii_case("websocket"));
+    let negotiated = match request {
+        Request::Exec(_) | Request::Attach(_) if websocket => {
+            serve_websocket(stream, head, leftover, request, server).await;
+            return;
+        }
+        Request::Exec(request) => negotiate(&head).map(|p| Session::Exec(request, p)),
+        Request::Attach(request) => negotiate(&head).map(|p| Session::Attach(request, p)),
+        Request::PortForward(request) => {
+            negotiate_port_forward(&head).map(|_| Session::PortForward(request))
+        }
+    };
+    let session = match negotiated {
+        Ok(session) => session,
         Err(refusal) => {
             let _ = stream.write_all(&response(&refusal)).await;
             return;
         }
     };
+    let version = match &session {
+        Session::Exec(_, protocol) | Session::Attach(_, protocol) => protocol.name(),
+        Session::PortForward(_) => portforward::PROTOCOL,
+    };
     let switching = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {}\r\n\r\n",
-        protocol.name()
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {version}\r\n\r\n"
     );
     if stream.write_all(switching.as_bytes()).await.is_err() {
         return;
     }
     let conn = spdy_transport::connect(stream, leftover, server.idle_timeout());
-    match request {
-        Target::Exec(request) => exec::serve(conn, protocol, request, server.pods().clone()).await,
-        Target::Attach(request) => {
-            let dir = server.pods().attach_socket_dir(&request.container_id);
-            attach::serve(conn, protocol, request, dir).await
+    match session {
+        Session::Exec(request, protocol) => {
+            exec::serve(conn, protocol, request, server.pods().clone()).await;
+        }
+        Session::Attach(request, protocol) => serve_attach(conn, protocol, request, &server).await,
+        Session::PortForward(request) => {
+            portforward::serve(conn, request, server.pods().clone()).await;
         }
     }
 }
 
-/// What an upgrade URL's token stood for.
-enum Target {
-    Exec(super::ExecRequest),
-    Attach(super::AttachRequest),
+async fn serve_attach(
+    conn: super::session::Connection,
+    protocol: Protocol,
+    request: AttachRequest,
+    server: &StreamingServer,
+) {
+    let dir = server.pods().attach_socket_dir(&request.container_id);
+    attach::serve(conn, protocol, request, dir).await;
+}
+
+/// A request with its negotiated protocol.
+enum Session {
+    Exec(ExecRequest, Protocol),
+    Attach(AttachRequest, Protocol),
+    PortForward(PortForwardRequest),
+}
+
+/// What a token stood for.
+enum Request {
+    Exec(ExecRequest),
+    Attach(AttachRequest),
+    PortForward(PortForwardRequest),
+}
+
+/// Consumes the token in the request's path; `None` answers 404.
+fn take_request(head: &RequestHead, server: &StreamingServer) -> Option<Request> {
+    if !(head.method == "GET" || head.method == "POST") {
+        return None;
+    }
+    let nonempty = |token: &&str| !token.is_empty();
+    if let Some(token) = head.path.strip_prefix("/exec/").filter(nonempty) {
+        return server.take_exec(token).map(Request::Exec);
+    }
+    if let Some(token) = head.path.strip_prefix("/attach/").filter(nonempty) {
+        return server.take_attach(token).map(Request::Attach);
+    }
+    if let Some(token) = head.path.strip_prefix("/portforward/").filter(nonempty) {
+        return server.take_port_forward(token).map(Request::PortForward);
+    }
+    None
+}
+
+/// Checks a WebSocket upgrade request: its key, version and the offered
+/// subprotocols, one of which `choose` must accept.
+pub fn negotiate_websocket<T>(
+    head: &RequestHead,
+    choose: impl Fn(&[&str]) -> Option<T>,
+    supported: &[&str],
+) -> Result<(T, String), Refusal> {
+    let upgrade_requested = head
+        .values("connection")
+        .any(|v| v.eq_ignore_ascii_case("upgrade"));
+    let key = head
+        .headers
+        .iter()
+        .find(|(name, _)| name == "sec-websocket-key")
+        .map(|(_, value)| value.as_str())
+        .unwrap_or_default();
+    if !upgrade_requested || key.is_empty() {
+        return Err(refuse(
+            "400 Bad Request",
+            "unable to upgrade: a WebSocket upgrade needs Connection: Upgrade and Sec-WebSocket-Key",
+        ));
+    }
+    if !head.values("sec-websocket-version").any(|v| v == "13") {
+        return Err(refuse(
+            "400 Bad Request",
+            "unable to upgrade: only WebSocket version 13 is supported",
+        ));
+    }
+    let offered: Vec<&str> = head.values("sec-websocket-protocol").collect();
+    let chosen = choose(&offered).ok_or_else(|| {
+        refuse(
+            "403 Forbidden",
+            format!(
+                "unable to upgrade: unable to negotiate protocol: client supports {offered:?}, server accepts {supported:?}"
+            ),
+        )
+    })?;
+    Ok((chosen, websocket::accept_key(key)))
+}
+
+/// The 101 answer to a WebSocket upgrade.
+pub fn websocket_switching(accept: &str, protocol: Option<&str>) -> String {
+    let protocol = protocol
+        .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{protocol}\r\n"
+    )
+}
+
+/// Exec over WebSocket: the channel protocols, channels by number (stdin 0,
+/// stdout 1, stderr 2, error 3, resize 4) for the streams the request asked for.
+async fn serve_websocket<S>(
+    mut stream: S,
+    head: RequestHead,
+    leftover: Vec<u8>,
+    request: Request,
+    server: Arc<StreamingServer>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let supported: Vec<&str> = ChannelProtocol::ALL.iter().map(|p| p.name()).collect();
+    let (protocol, accept) =
+        match negotiate_websocket(&head, websocket::negotiate_channels, &supported) {
+            Ok(negotiated) => negotiated,
+            Err(refusal) => {
+                let _ = stream.write_all(&response(&refusal)).await;
+                return;
+            }
+        };
+    let named = head.values("sec-websocket-protocol").next().is_some();
+    let switching = websocket_switching(&accept, named.then(|| protocol.name()));
+    if stream.write_all(switching.as_bytes()).await.is_err() {
+        return;
+    }
+    let channel = |id: u32, kind: &str| (id, vec![("streamtype".to_string(), kind.to_string())]);
+    let mut channels = Vec::new();
+    let (stdin, stdout, stderr) = match &request {
+        Request::Exec(r) => (r.stdin, r.stdout, r.stderr),
+        Request::Attach(r) => (r.stdin, r.stdout, r.stderr && !r.tty),
+        Request::PortForward(_) => return,
+    };
+    for (wanted, id, kind) in [
+        (stdin, 0, "stdin"),
+        (stdout, 1, "stdout"),
+        (stderr, 2, "stderr"),
+        (true, 3, "error"),
+        (true, 4, "resize"),
+    ] {
+        if wanted {
+            channels.push(channel(id, kind));
+        }
+    }
+    let conn =
+        websocket::connect_channels(stream, leftover, protocol, channels, server.idle_timeout());
+    let status = if protocol.json_status() {
+        Protocol::V4
+    } else {
+        Protocol::V1
+    };
+    match request {
+        Request::Exec(request) => exec::serve(conn, status, request, server.pods().clone()).await,
+        Request::Attach(request) => serve_attach(conn, status, request, &server).await,
+        Request::PortForward(_) => {}
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +433,21 @@ mod tests {
         assert_eq!(pick("").unwrap_err().status, "403 Forbidden");
         assert_eq!(
             pick("X-Stream-Protocol-Version: v5.channel.k8s.io\r\n")
+                .unwrap_err()
+                .status,
+            "403 Forbidden"
+        );
+        let pf = |versions: &str| {
+            negotiate_port_forward(&head(&format!(
+                "POST /portforward/t HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n{versions}\r\n"
+            )))
+        };
+        assert_eq!(
+            pf("X-Stream-Protocol-Version: portforward.k8s.io\r\n"),
+            Ok("portforward.k8s.io")
+        );
+        assert_eq!(
+            pf("X-Stream-Protocol-Version: v4.channel.k8s.io\r\n")
                 .unwrap_err()
                 .status,
             "403 Forbidden"

@@ -1,17 +1,23 @@
 //! The streaming server behind Exec, Attach and PortForward (issue 7).
 //!
 //! So far: the SPDY/3.1 frame codec ([`spdy`]), a plain-HTTP listener that
-//! upgrades `/exec/<token>` requests to SPDY/3.1 ([`http`]) and the
-//! remotecommand session for exec without a TTY ([`exec`]). The Exec RPC
-//! stores its request under a single-use random token ([`StreamingServer::
-//! register_exec`]) and answers the URL the client then upgrades.
+//! upgrades `/exec/<token>`, `/attach/<token>` and `/portforward/<token>`
+//! requests ([`http`]), the remotecommand sessions for exec with or without
+//! a TTY ([`exec`]) and for attach ([`attach`], through the container
+//! monitor's attach socket), and the port-forward session ([`portforward`]).
+//! The Exec, Attach and PortForward RPCs store their request under a
+//! single-use random token ([`StreamingServer::register_exec`],
+//! [`StreamingServer::register_attach`], [`StreamingServer::
+//! register_port_forward`]) and answer the URL the client then upgrades.
 
 pub mod attach;
 pub mod exec;
 pub mod http;
+pub mod portforward;
 pub mod session;
 pub mod spdy;
 pub mod spdy_transport;
+pub mod websocket;
 
 #[cfg(test)]
 mod spdy_tests;
@@ -50,6 +56,14 @@ pub struct AttachRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+}
+
+/// What a PortForward RPC asked for, kept until its URL is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortForwardRequest {
+    pub pod_id: String,
+    /// The only ports that may be forwarded; empty: any.
+    pub ports: Vec<u16>,
 }
 
 /// Single-use tokens with a time to live and a bound on their number.
@@ -120,12 +134,15 @@ fn random_token() -> String {
     hex::encode(bytes)
 }
 
-/// The streaming server: its address, the pending exec tokens and the pods.
+/// The streaming server: its address, the pending tokens and the pods.
 pub struct StreamingServer {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     idle_timeout: Duration,
     exec_tokens: Mutex<TokenCache<ExecRequest>>,
     attach_tokens: Mutex<TokenCache<AttachRequest>>,
+    portforward_tokens: Mutex<TokenCache<PortForwardRequest>>,
     pods: Arc<PodManager>,
 }
 
@@ -136,16 +153,22 @@ impl StreamingServer {
         config: &crate::config::StreamingConfig,
         pods: Arc<PodManager>,
     ) -> std::io::Result<Arc<StreamingServer>> {
+        let tls = match &config.tls {
+            Some(tls) => Some(load_tls(tls).await?),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind((config.address, config.port)).await?;
         let addr = listener.local_addr()?;
         let server = Arc::new(StreamingServer {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
             idle_timeout: config.idle_timeout,
             exec_tokens: Mutex::new(TokenCache::default()),
             attach_tokens: Mutex::new(TokenCache::default()),
+            portforward_tokens: Mutex::new(TokenCache::default()),
             pods,
         });
-        tokio::spawn(accept_loop(listener, server.clone()));
+        tokio::spawn(accept_loop(listener, tls, server.clone()));
         Ok(server)
     }
 
@@ -166,7 +189,7 @@ impl StreamingServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, Instant::now());
-        format!("http://{}/exec/{token}", self.addr)
+        format!("{}://{}/exec/{token}", self.scheme, self.addr)
     }
 
     fn take_exec(&self, token: &str) -> Option<ExecRequest> {
@@ -183,11 +206,28 @@ impl StreamingServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, Instant::now());
-        format!("http://{}/attach/{token}", self.addr)
+        format!("{}://{}/attach/{token}", self.scheme, self.addr)
     }
 
     fn take_attach(&self, token: &str) -> Option<AttachRequest> {
         self.attach_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .consume(token, Instant::now())
+    }
+
+    /// Stores a port-forward request and returns the URL that serves it.
+    pub fn register_port_forward(&self, request: PortForwardRequest) -> String {
+        let token = self
+            .portforward_tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request, Instant::now());
+        format!("http://{}/portforward/{token}", self.addr)
+    }
+
+    fn take_port_forward(&self, token: &str) -> Option<PortForwardRequest> {
+        self.portforward_tokens
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .consume(token, Instant::now())
@@ -198,7 +238,49 @@ impl StreamingServer {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingServer>) {
+/// Reads the certificate chain and key and builds the TLS acceptor; errors
+/// name the file to fix.
+async fn load_tls(tls: &crate::config::StreamingTls) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls;
+    let invalid = |path: &std::path::Path, what: String| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("streaming TLS: {}: {what}", path.display()),
+        )
+    };
+    let read = |path: std::path::PathBuf| async move {
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| invalid(&path, format!("cannot read it: {e}")))
+    };
+    let cert_pem = read(tls.cert_file.clone()).await?;
+    let key_pem = read(tls.key_file.clone()).await?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&tls.cert_file, format!("not a PEM certificate chain: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(&tls.cert_file, "holds no certificate".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|e| invalid(&tls.key_file, format!("not a PEM private key: {e}")))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| invalid(&tls.key_file, format!("does not fit the certificate: {e}")))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The TLS handshake must finish within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    server: Arc<StreamingServer>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -214,8 +296,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, server: Arc<StreamingSer
             continue;
         };
         let server = server.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            http::serve_connection(stream, server).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => http::serve_connection(stream, server).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(stream)) => http::serve_connection(stream, server).await,
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "streaming server: TLS handshake failed")
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "streaming server: TLS handshake timed out")
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -54,8 +52,11 @@ enum Control {
 /// after the HTTP request head. The connection ends when the client goes,
 /// when the session closes it, or after `idle_timeout` without a frame
 /// either way.
-pub fn connect(stream: TcpStream, leftover: Vec<u8>, idle_timeout: Duration) -> Connection {
-    let (rd, wr) = stream.into_split();
+pub fn connect<S>(stream: S, leftover: Vec<u8>, idle_timeout: Duration) -> Connection
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(stream);
     let (encoder, decoder) = Codec::new().into_split();
     let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -93,8 +94,8 @@ pub fn connect(stream: TcpStream, leftover: Vec<u8>, idle_timeout: Duration) -> 
     Connection { events, out, done }
 }
 
-async fn read_frames(
-    mut rd: OwnedReadHalf,
+async fn read_frames<S: AsyncRead>(
+    mut rd: ReadHalf<S>,
     mut decoder: FrameDecoder,
     mut buf: Vec<u8>,
     events: mpsc::Sender<ClientEvent>,
@@ -196,8 +197,8 @@ async fn read_frames(
     }
 }
 
-struct Writer {
-    wr: OwnedWriteHalf,
+struct Writer<S> {
+    wr: WriteHalf<S>,
     encoder: FrameEncoder,
     buf: Vec<u8>,
     last_stream: Arc<AtomicU32>,
@@ -208,7 +209,7 @@ struct Writer {
     stream_windows: HashMap<u32, i64>,
 }
 
-impl Writer {
+impl<S: AsyncWrite> Writer<S> {
     async fn run(
         mut self,
         mut out: mpsc::Receiver<ServerEvent>,

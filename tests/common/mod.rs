@@ -5,6 +5,7 @@
 pub mod node;
 pub mod registry;
 pub mod spdy_client;
+pub mod ws_client;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

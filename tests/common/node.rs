@@ -1,5 +1,6 @@
-//! A node for pod tests: rcri with runc (default) and crun, a registry with
-//! a busybox image already pulled, and helpers for the CRI calls tests make.
+//! A node for pod tests: rcri with runc (default), crun and youki, a registry
+//! with a busybox image already pulled, and helpers for the CRI calls tests
+//! make.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -11,7 +12,8 @@ use super::{Sandbox, Server, require_tool};
 use rcri::proto::{self, runtime_service_client::RuntimeServiceClient};
 use tonic::transport::Channel;
 
-pub const HANDLERS: [&str; 2] = ["runc", "crun"];
+/// The runc-compatible runtimes every lifecycle test runs under.
+pub const HANDLERS: [&str; 3] = ["runc", "crun", "youki"];
 
 pub struct Node {
     pub sandbox: Sandbox,
@@ -22,7 +24,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// rcri with runc (default) and crun, and a pulled busybox image.
+    /// rcri with runc (default), crun and youki, and a pulled busybox image.
     pub async fn start() -> Node {
         Self::start_with("").await
     }
@@ -32,9 +34,10 @@ impl Node {
         let registry = TestRegistry::start();
         let sandbox = Sandbox::new();
         sandbox.write_config(&format!(
-            "default_handler = \"runc\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.crun]\nruntime_path = \"{}\"\n{extra_config}",
+            "default_handler = \"runc\"\n[handlers.runc]\nruntime_path = \"{}\"\n[handlers.crun]\nruntime_path = \"{}\"\n[handlers.youki]\nruntime_path = \"{}\"\n{extra_config}",
             require_tool("runc").display(),
-            require_tool("crun").display()
+            require_tool("crun").display(),
+            require_tool("youki").display()
         ));
         let server = sandbox.serve();
         registry

@@ -204,3 +204,40 @@ async fn attach_to_a_tty_container_resizes_and_survives_an_rcri_restart() {
     }
     node.assert_clean();
 }
+
+#[tokio::test]
+async fn attach_over_websocket() {
+    use common::spdy_client::SUCCESS;
+    use common::ws_client::{self, WsClient};
+    let node = Node::start().await;
+    let pod = node.run_pod("attach-ws", "runc").await;
+    let mut config = node.container_config("cat", "exec cat");
+    config.stdin = true;
+    config.stdin_once = true;
+    let cat = create_with(&node, &pod, config).await.unwrap();
+    let url = attach_url(&node, &cat, true, false).await.unwrap();
+    let mut client = WsClient::connect(&url, &["v5.channel.k8s.io"])
+        .await
+        .unwrap();
+    client.send_channel(0, b"over websocket\n").await;
+    // v5 closes the stdin channel with [255, 0]: stdin_once ends cat.
+    client.send(ws_client::BINARY, &[255, 0]).await;
+    let mut channels: std::collections::HashMap<u8, Vec<u8>> = Default::default();
+    while let Some(frame) = client.recv().await {
+        if frame.opcode == ws_client::BINARY
+            && let Some((channel, data)) = frame.payload.split_first()
+        {
+            channels
+                .entry(*channel)
+                .or_default()
+                .extend_from_slice(data);
+        }
+    }
+    let mut text =
+        |c: u8| String::from_utf8_lossy(&channels.remove(&c).unwrap_or_default()).into_owned();
+    assert_eq!(text(1), "over websocket\n");
+    assert_eq!(text(3), SUCCESS);
+    assert_eq!(node.wait_exited(&cat).await.exit_code, 0);
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}

@@ -97,3 +97,76 @@ async fn runc_crun_and_runsc_pods_side_by_side() {
     }
     node.assert_clean();
 }
+
+#[tokio::test]
+async fn gvisor_exec_with_a_tty_and_attach_with_stdin() {
+    use common::spdy_client::open_session;
+    let node = Node::start_with(&runsc_handler()).await;
+    let pod = node.run_pod("gvisor-streams", "runsc").await;
+    let app = node.run(&pod, "app", "exec sleep 1000").await;
+
+    // exec -it: a terminal whose size follows resize messages, the exit code.
+    let url = node
+        .client()
+        .await
+        .exec(proto::ExecRequest {
+            container_id: app.clone(),
+            cmd: vec!["sh".into()],
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut session = open_session(&url, true, true).await;
+    session.resize(90, 30).await;
+    session.send("stty size; exit 4\n").await;
+    session.wait_stdout("30 90").await;
+    let error = session.wait_end().await;
+    assert!(error.contains("exit code 4"), "{error}");
+
+    // Attach with stdin to an app container: its stdin, like its output,
+    // comes through `runsc start`.
+    let mut config = node.container_config("cat", "exec cat");
+    config.stdin = true;
+    config.stdin_once = true;
+    let cat = node
+        .client()
+        .await
+        .create_container(proto::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    node.start_container(&cat).await.unwrap();
+    let url = node
+        .client()
+        .await
+        .attach(proto::AttachRequest {
+            container_id: cat.clone(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let mut session = open_session(&url, true, false).await;
+    session.send("inside gvisor\n").await;
+    session.wait_stdout("inside gvisor\n").await;
+    // Not checked here: closing stdin (stdin_once) does not reach a gVisor
+    // container as end-of-file yet; runc, crun and youki do see it.
+    drop(session);
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}

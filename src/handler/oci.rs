@@ -49,6 +49,15 @@ pub enum RuntimeError {
     },
 }
 
+/// The stdio given to `start` (see [`OciRuntime::start`]).
+#[derive(Debug)]
+pub struct StartStdio {
+    /// The container's stdin FIFO, if it has a stdin.
+    pub stdin: Option<std::fs::File>,
+    pub stdout: std::fs::File,
+    pub stderr: std::fs::File,
+}
+
 /// What `RUNTIME state ID` reports.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RuntimeState {
@@ -139,16 +148,16 @@ impl OciRuntime {
     /// `start`'s own stdout and stderr are never a pipe read until
     /// end-of-file: some runtimes (runsc for a pod's second container) hand
     /// `start`'s stdio to the container, so such a pipe would stay open as
-    /// long as the container runs. With `stdio` (the write ends of the
-    /// monitor's start FIFOs) they go there, so such a container's output
-    /// reaches its log; the runtime's own messages then go to its `--log`
-    /// file `output`, read back for the error text. Without, both go to
-    /// `output`.
+    /// long as the container runs. With `stdio` (the monitor's start FIFOs)
+    /// they go there, so such a container's output reaches its log and its
+    /// stdin is the one attach feeds; the runtime's own messages then go to
+    /// its `--log` file `output`, read back for the error text. Without,
+    /// both go to `output`.
     pub async fn start(
         &self,
         id: &str,
         output: &Path,
-        stdio: Option<[std::fs::File; 2]>,
+        stdio: Option<StartStdio>,
     ) -> Result<(), RuntimeError> {
         let spawn_error = |source| RuntimeError::Spawn {
             handler: self.handler.clone(),
@@ -163,22 +172,27 @@ impl OciRuntime {
         let mut command = self.command();
         let with_fifos = stdio.is_some();
         match stdio {
-            Some([stdout, stderr]) => {
+            Some(stdio) => {
                 drop(file);
                 command
                     .arg("--log")
                     .arg(output)
                     .arg("start")
                     .arg(id)
-                    .stdout(stdout)
-                    .stderr(stderr);
+                    .stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from))
+                    .stdout(stdio.stdout)
+                    .stderr(stdio.stderr);
             }
             None => {
                 let stderr = file.try_clone().map_err(spawn_error)?;
-                command.arg("start").arg(id).stdout(file).stderr(stderr);
+                command
+                    .arg("start")
+                    .arg(id)
+                    .stdin(Stdio::null())
+                    .stdout(file)
+                    .stderr(stderr);
             }
         }
-        command.stdin(Stdio::null());
         let status = match tokio::time::timeout(VERB_TIMEOUT, command.status()).await {
             Err(_) => {
                 return Err(RuntimeError::Timeout {

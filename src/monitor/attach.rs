@@ -20,7 +20,8 @@
 //!   [`TAG_RESIZE`] with width and height as two big-endian u16 (TTY only).
 //!   Unknown tags are ignored; an oversized frame ends the connection.
 //!
-//! The container's stdin (when the config asks for one) is a pipe, or the
+//! The container's stdin (when the config asks for one) is a FIFO
+//! (`start-stdin` in the bundle, which rcri also gives to `start`), or the
 //! pty master for a TTY container; the monitor writes into it what attach
 //! clients send and what is written to the `stdin_fifo`. With `stdin_once`,
 //! the first client that closes its stdin (or leaves after sending some)
@@ -105,6 +106,9 @@ pub(super) struct Stdin {
     once: bool,
     /// The stdin FIFO, opened read-write (it never reports EOF).
     fifo: Option<File>,
+    /// A read end of the container's stdin FIFO, held so writes succeed
+    /// before the container opened it.
+    _reader: Option<OwnedFd>,
 }
 
 impl Stdin {
@@ -121,7 +125,12 @@ impl Stdin {
             closing: false,
             once,
             fifo,
+            _reader: None,
         }
+    }
+
+    pub(super) fn keep_reader(&mut self, reader: Option<OwnedFd>) {
+        self._reader = reader;
     }
 
     fn room(&self) -> bool {

@@ -38,7 +38,7 @@ mod runtime;
 mod supervise;
 
 pub use runtime::error_text as runtime_error_text;
-pub use supervise::START_FIFOS;
+pub use supervise::{START_FIFOS, START_STDIN};
 
 #[cfg(test)]
 mod tests;

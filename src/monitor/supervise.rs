@@ -58,6 +58,8 @@ const STREAMS: [Stream; OUTPUTS] = [
 const WAITED: usize = 3;
 /// The FIFOs rcri passes as `start`'s stdout and stderr (see [`start_fifos`]).
 pub const START_FIFOS: [&str; 2] = ["start-stdout", "start-stderr"];
+/// The container's stdin FIFO, also given to `start` (see [`stdin_pipe`]).
+pub const START_STDIN: &str = "start-stdin";
 
 /// How a child ended.
 #[derive(Clone, Copy, Debug)]
@@ -200,14 +202,12 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
     let attach = bind_attach(&config.bundle)?;
     let [start_out, start_err] = start_fifos(&config.bundle)?;
     let fifo = stdin_fifo(config)?;
-    // A TTY container reads the pty; otherwise a pipe we write into.
-    let (container_stdin, sink) = if config.stdin && !config.terminal {
-        let (read, write) =
-            pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("cannot create a pipe: {e}"))?;
-        set_nonblocking(&write)?;
-        (Stdio::from(read), Some(write))
+    // A TTY container reads the pty; otherwise a FIFO we write into.
+    let (container_stdin, sink, keeper) = if config.stdin && !config.terminal {
+        let [read, write, keeper] = stdin_pipe(&config.bundle)?;
+        (Stdio::from(read), Some(write), Some(keeper))
     } else {
-        (Stdio::null(), None)
+        (Stdio::null(), None, None)
     };
     let mut monitor = Monitor {
         config,
@@ -230,7 +230,8 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
     }
     monitor.pipes[3] = Some(start_out);
     monitor.pipes[4] = Some(start_err);
-    let stdin = Stdin::new(sink, config.terminal, config.stdin_once, fifo);
+    let mut stdin = Stdin::new(sink, config.terminal, config.stdin_once, fifo);
+    stdin.keep_reader(keeper);
     monitor.hub = Some(Hub::new(Some(attach), stdin, created.master.take()));
     Ok((monitor, created))
 }
@@ -319,6 +320,40 @@ fn start_fifos(bundle: &Path) -> Result<[OwnedFd; 2], String> {
             .map_err(|e| format!("cannot open the FIFO {}: {e}", path.display()))
     };
     Ok([open(START_FIFOS[0])?, open(START_FIFOS[1])?])
+}
+
+/// The container's stdin, a FIFO (`start-stdin` in the bundle) rather than
+/// a pipe so that rcri can give it to `start` as well, for runtimes that
+/// take a container's stdio from `start` (runsc). Returns the blocking read
+/// end for `create`, our non-blocking write end, and a read end the monitor
+/// keeps (never reads) so that writes do not fail while no container holds
+/// one yet; end-of-file still comes when our write end closes.
+fn stdin_pipe(bundle: &Path) -> Result<[OwnedFd; 3], String> {
+    let path = bundle.join(START_STDIN);
+    let _ = fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600))
+        .map_err(|e| format!("cannot create the FIFO {}: {e}", path.display()))?;
+    let open = |write: bool| {
+        OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map(OwnedFd::from)
+            .map_err(|e| format!("cannot open the FIFO {}: {e}", path.display()))
+    };
+    // Readers first: a non-blocking open for writing needs one.
+    let keeper = open(false)?;
+    let read = open(false)?;
+    let write = open(true)?;
+    let flags =
+        fcntl(read.as_fd(), FcntlArg::F_GETFL).map_err(|e| format!("cannot read fd flags: {e}"))?;
+    fcntl(
+        read.as_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) & !OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| format!("cannot make the stdin FIFO blocking: {e}"))?;
+    Ok([read, write, keeper])
 }
 
 /// Listens on `attach.sock` in the bundle (see [`super::attach`]).

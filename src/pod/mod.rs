@@ -1825,18 +1825,20 @@ async fn remove_files(paths: &[PathBuf]) {
     }
 }
 
-/// The write ends of the monitor's start FIFOs in `bundle` (see
-/// [`OciRuntime::start`]), blocking as stdio must be; None when they cannot
-/// be opened (no monitor reads them: a container created before they
-/// existed, or one whose monitor is gone).
-async fn open_start_fifos(bundle: &Path) -> Option<[std::fs::File; 2]> {
+/// The monitor's start FIFOs in `bundle` (see [`OciRuntime::start`]),
+/// blocking as stdio must be; None when they cannot be opened (no monitor
+/// reads them: a container created before they existed, or one whose
+/// monitor is gone).
+async fn open_start_fifos(bundle: &Path) -> Option<crate::handler::oci::StartStdio> {
     let bundle = bundle.to_path_buf();
     let opened = tokio::task::spawn_blocking(move || {
-        let open = |name: &str| -> std::io::Result<std::fs::File> {
+        let open = |name: &str, write: bool| -> std::io::Result<std::fs::File> {
             use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-            // Non-blocking, an open without a reader fails (ENXIO) instead of waiting.
+            // Non-blocking, an open for writing without a reader fails
+            // (ENXIO) instead of waiting.
             let file = std::fs::OpenOptions::new()
-                .write(true)
+                .read(!write)
+                .write(write)
                 .custom_flags(nix::libc::O_NONBLOCK)
                 .open(bundle.join(name))?;
             if !file.metadata()?.file_type().is_fifo() {
@@ -1848,11 +1850,21 @@ async fn open_start_fifos(bundle: &Path) -> Option<[std::fs::File; 2]> {
             Ok(file)
         };
         let [out, err] = monitor::START_FIFOS;
-        Ok::<_, std::io::Error>([open(out)?, open(err)?])
+        // Only a container with a stdin has this one.
+        let stdin = match open(monitor::START_STDIN, false) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok::<_, std::io::Error>(crate::handler::oci::StartStdio {
+            stdin,
+            stdout: open(out, true)?,
+            stderr: open(err, true)?,
+        })
     })
     .await;
     match opened {
-        Ok(Ok(files)) => Some(files),
+        Ok(Ok(stdio)) => Some(stdio),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "no start FIFOs; start's output goes to a file");
             None

@@ -767,10 +767,6 @@ async fn exec_series(
     Ok((large, small, (rss_before, peak, rss_after, hwm.is_some())))
 }
 
-fn mib(kib: f64) -> f64 {
-    kib / 1024.0
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
@@ -814,15 +810,15 @@ async fn main() -> anyhow::Result<()> {
                     ms(r.small.p95)
                 );
                 println!(
-                    "  server RSS: {:.1} MiB before, peak growth {:.1} MiB ({}), {:+.1} MiB after",
-                    mib(r.rss_before_kib as f64),
-                    mib(growth),
+                    "  server RSS: {:.1} MiB before, peak growth {} KiB ({}), {:+} KiB after",
+                    r.rss_before_kib as f64 / 1024.0,
+                    r.peak_growth_kib,
                     if r.peak_from_hwm {
                         "VmHWM"
                     } else {
                         "sampled VmRSS"
                     },
-                    mib(r.retained_kib as f64)
+                    r.retained_kib
                 );
                 let (ref_large, ref_latency, ref_growth) =
                     *reference.get_or_insert((large, latency, growth));

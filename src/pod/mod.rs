@@ -1183,7 +1183,7 @@ impl PodManager {
                     container.stop_signal.as_str()
                 };
                 if let Err(e) = runtime.kill(&container.id, signal, false).await {
-                    tracing::debug!(container = %container.id, error = %e, "stop signal not delivered");
+                    tracing::warn!(container = %container.id, signal, error = %e, "stop signal not delivered; SIGKILL follows after the timeout");
                 }
                 if self
                     .wait_exit(&exit_file, Duration::from_secs(timeout_secs as u64))
@@ -1195,7 +1195,7 @@ impl PodManager {
                 }
             }
             if let Err(e) = runtime.kill(&container.id, "KILL", true).await {
-                tracing::debug!(container = %container.id, error = %e, "SIGKILL not delivered");
+                tracing::warn!(container = %container.id, error = %e, "SIGKILL not delivered");
             }
         }
         if !self.wait_exit(&exit_file, MONITOR_EXIT_WAIT).await

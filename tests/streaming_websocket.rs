@@ -292,3 +292,104 @@ async fn the_streaming_server_serves_tls_when_configured() {
     node.remove_pod(&pod).await;
     node.assert_clean();
 }
+
+/// Port-forward over WebSocket as client-go does it: SPDY frames tunnelled
+/// in binary messages.
+#[tokio::test]
+async fn port_forward_tunnels_spdy_over_websocket() {
+    use rcri::streaming::spdy::{Codec, Frame};
+    let node = Node::start().await;
+    let pod = node.run_pod("ws-pf", "runc").await;
+    node.run(&pod, "echo", "exec busybox nc -ll -p 8080 -e cat")
+        .await;
+    let url = node
+        .client()
+        .await
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    // Only the tunnelling subprotocol is spoken on this route.
+    let (code, _) = WsClient::connect(&url, &[V5]).await.err().unwrap();
+    assert_eq!(code, 403);
+    let url = node
+        .client()
+        .await
+        .port_forward(proto::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let protocol = "SPDY/3.1+portforward.k8s.io";
+    let mut client = WsClient::connect(&url, &[protocol]).await.unwrap();
+    assert_eq!(client.protocol.as_deref(), Some(protocol));
+    let mut codec = Codec::new();
+    let headers = |kind: &str| {
+        vec![
+            ("streamtype".to_string(), kind.to_string()),
+            ("port".to_string(), "8080".to_string()),
+            ("requestid".to_string(), "0".to_string()),
+        ]
+    };
+    let mut wire = Vec::new();
+    for (stream_id, kind) in [(1, "error"), (3, "data")] {
+        codec
+            .encode(
+                &Frame::SynStream {
+                    stream_id,
+                    associated_id: 0,
+                    priority: 0,
+                    flags: 0,
+                    headers: headers(kind),
+                },
+                &mut wire,
+            )
+            .unwrap();
+    }
+    codec
+        .encode(
+            &Frame::Data {
+                stream_id: 3,
+                flags: 0,
+                data: b"through the tunnel\n".to_vec(),
+            },
+            &mut wire,
+        )
+        .unwrap();
+    // Split across messages: the tunnel is a byte stream.
+    let (first, second) = wire.split_at(wire.len() / 2);
+    client.send(ws_client::BINARY, first).await;
+    client.send(ws_client::BINARY, second).await;
+
+    let mut bytes = Vec::new();
+    let mut echoed = Vec::new();
+    let mut replies = 0;
+    while echoed.len() < b"through the tunnel\n".len() {
+        let frame = client.recv().await.expect("the tunnel stays open");
+        assert_eq!(frame.opcode, ws_client::BINARY, "{frame:?}");
+        bytes.extend(frame.payload);
+        while let Some(frame) = codec.decode(&mut bytes).unwrap() {
+            match frame {
+                Frame::SynReply { .. } => replies += 1,
+                Frame::Data {
+                    stream_id: 3, data, ..
+                } => echoed.extend(data),
+                Frame::WindowUpdate { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(replies, 2);
+    assert_eq!(echoed, b"through the tunnel\n");
+    drop(client);
+
+    node.remove_pod(&pod).await;
+    node.assert_clean();
+}

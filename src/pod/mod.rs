@@ -10,6 +10,7 @@
 //! The pause container of a pod has the pod's id as its OCI id.
 
 mod files;
+mod lost;
 mod netns;
 
 pub use netns::{ConnectError, PodNetwork};
@@ -129,6 +130,8 @@ pub struct PodManager {
     /// One lock per pod or container id, so that lifecycle steps on the
     /// same object never interleave.
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Containers and pods whose monitor is lost: when the runtime was last asked.
+    lost_checks: lost::LostChecks,
 }
 
 fn pod_name_key(metadata: &proto::PodSandboxMetadata) -> String {
@@ -202,12 +205,14 @@ impl PodManager {
             pause_rootfs,
             tables: Mutex::new(tables),
             locks: std::sync::Mutex::new(HashMap::new()),
+            lost_checks: lost::LostChecks::default(),
         };
         Ok(manager)
     }
 
     /// Reconciles loaded state with reality: exits recorded while rcri was
-    /// down, layers held by existing containers.
+    /// down, monitors lost meanwhile (see [`lost`]), layers held by existing
+    /// containers.
     pub async fn recover(&self) {
         let containers: Vec<ContainerRecord> = self
             .tables
@@ -229,9 +234,7 @@ impl PodManager {
         }
         let pods: Vec<PodRecord> = self.tables.lock().await.pods.values().cloned().collect();
         for pod in pods {
-            if pod.state == PodState::Ready && self.exit_of_pod(&pod.id).is_some() {
-                let _ = self.set_pod_state(&pod.id, PodState::NotReady).await;
-            }
+            self.refresh_pod(&pod.id).await;
         }
     }
 
@@ -246,6 +249,7 @@ impl PodManager {
 
     fn forget_lock(&self, id: &str) {
         self.locks.lock().expect("id lock table").remove(id);
+        self.lost_checks.forget(id);
     }
 
     /// The handler a new pod asked for, from the current table.
@@ -447,6 +451,7 @@ impl PodManager {
             config: Encoded::of(config),
             pause_pid: started.pid,
             monitor_pid: started.monitor_pid,
+            monitor_start_time: started.monitor_start_time,
             cgroup_parent,
             shm_mounted: !host_ipc,
             netns,
@@ -543,6 +548,7 @@ impl PodManager {
             .spawn()
             .map_err(io_error("start the monitor", &self.monitor_exe))?;
         let monitor_pid = child.id().unwrap_or_default() as i32;
+        let monitor_start_time = lost::start_time_of(monitor_pid).await;
         let stdout = child.stdout.take().expect("monitor stdout is piped");
         let mut line = String::new();
         let started_at = tokio::time::Instant::now();
@@ -599,6 +605,7 @@ impl PodManager {
         Ok(Started {
             pid: i64::from(reply.pid.unwrap_or_default()),
             monitor_pid,
+            monitor_start_time,
         })
     }
 
@@ -728,8 +735,7 @@ impl PodManager {
         let runtime = self.runtime_of(&pod)?;
         if self.exit_of_pod(&pod.id).is_none() {
             let _ = runtime.kill(&pod.id, "KILL", false).await;
-            self.wait_exit(&self.pod_state_dir(&pod.id).join("exit.json"), KILL_WAIT)
-                .await;
+            self.wait_pod_stopped(&runtime, &pod, KILL_WAIT).await;
         }
         if let Some(netns) = &pod.netns {
             // Every stop runs DEL again: the CNI asks plugins to tolerate it.
@@ -776,6 +782,7 @@ impl PodManager {
         id: &str,
         verbose: bool,
     ) -> Result<proto::PodSandboxStatusResponse, PodError> {
+        self.refresh_pod(id).await;
         let tables = self.tables.lock().await;
         let id = Self::resolve_pod_id(&tables, id)
             .ok_or_else(|| PodError::NotFound(format!("pod sandbox {id:?} not found")))?;
@@ -817,6 +824,14 @@ impl PodManager {
         &self,
         filter: Option<proto::PodSandboxFilter>,
     ) -> Vec<proto::PodSandbox> {
+        let ready: Vec<String> = {
+            let tables = self.tables.lock().await;
+            let ready = tables.pods.values().filter(|p| p.state == PodState::Ready);
+            ready.map(|p| p.id.clone()).collect()
+        };
+        for id in ready {
+            self.refresh_pod(&id).await;
+        }
         let tables = self.tables.lock().await;
         tables
             .pods
@@ -1054,6 +1069,7 @@ impl PodManager {
             image_id: image.id.clone(),
             pid: created.pid,
             monitor_pid: created.monitor_pid,
+            monitor_start_time: created.monitor_start_time,
             log_path,
             stop_signal: image_config.stop_signal.clone(),
         };
@@ -1130,15 +1146,19 @@ impl PodManager {
             })
     }
 
-    /// Folds a recorded exit into the container's state.
+    /// Folds a recorded exit into the container's state; a container whose
+    /// monitor is lost is checked with its runtime (see [`lost`]).
     async fn refresh_container(&self, id: &str) -> Result<ContainerRecord, PodError> {
         let mut container = self.container(id).await?;
         if container.state == ContainerState::Exited {
             return Ok(container);
         }
-        if let Some(exit) =
-            monitor::read_exit(&self.container_state_dir(&container.id).join("exit.json"))
-        {
+        let exit = match self.container_fate(&container).await {
+            lost::Fate::Exited(exit) => Some(exit),
+            lost::Fate::Watched => None,
+            lost::Fate::MonitorLost => return self.check_lost_container(container).await,
+        };
+        if let Some(exit) = exit {
             container.state = ContainerState::Exited;
             container.exit_code = exit.exit_code;
             container.finished_at = exit.finished_at_unix_nanos;
@@ -1195,10 +1215,14 @@ impl PodManager {
                     container.stop_signal.as_str()
                 };
                 if let Err(e) = runtime.kill(&container.id, signal, false).await {
-                    tracing::debug!(container = %container.id, error = %e, "stop signal not delivered");
+                    tracing::warn!(container = %container.id, signal, error = %e, "stop signal not delivered; SIGKILL follows after the timeout");
                 }
                 if self
-                    .wait_exit(&exit_file, Duration::from_secs(timeout_secs as u64))
+                    .wait_exit_of(
+                        &runtime,
+                        &container,
+                        Duration::from_secs(timeout_secs as u64),
+                    )
                     .await
                 {
                     drop(_guard);
@@ -1207,7 +1231,7 @@ impl PodManager {
                 }
             }
             if let Err(e) = runtime.kill(&container.id, "KILL", true).await {
-                tracing::debug!(container = %container.id, error = %e, "SIGKILL not delivered");
+                tracing::warn!(container = %container.id, error = %e, "SIGKILL not delivered");
             }
         }
         if !self.wait_exit(&exit_file, MONITOR_EXIT_WAIT).await
@@ -1274,10 +1298,20 @@ impl PodManager {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(container.monitor_pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // Only the monitor itself: its pid may be someone else's by now.
+        if self
+            .monitor_alive(
+                container.monitor_pid,
+                container.monitor_start_time,
+                &container.id,
+            )
+            .await
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(container.monitor_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let record = monitor::ExitRecord {
             exit_code: 137,
             signal: Some(9),
@@ -1884,6 +1918,7 @@ struct ContainerIo {
 struct Started {
     pid: i64,
     monitor_pid: i32,
+    monitor_start_time: Option<u64>,
 }
 
 fn unique_prefix<'a>(keys: impl Iterator<Item = &'a String>, prefix: &str) -> Option<String> {

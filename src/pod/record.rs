@@ -68,6 +68,11 @@ pub struct PodRecord {
     /// The pause process, holder of the pod's namespaces.
     pub pause_pid: i64,
     pub monitor_pid: i32,
+    /// The monitor's start time (/proc/<pid>/stat field 22), so that a
+    /// reused pid is not taken for the monitor. Records written before it
+    /// was kept have none.
+    #[serde(default)]
+    pub monitor_start_time: Option<u64>,
     pub cgroup_parent: String,
     /// The pod's own /dev/shm tmpfs is mounted.
     pub shm_mounted: bool,
@@ -166,6 +171,9 @@ pub struct ContainerRecord {
     pub image_id: String,
     pub pid: i64,
     pub monitor_pid: i32,
+    /// As [`PodRecord::monitor_start_time`].
+    #[serde(default)]
+    pub monitor_start_time: Option<u64>,
     /// Full path of the CRI log file; empty when the kubelet asked for none.
     pub log_path: String,
     pub stop_signal: String,
@@ -265,6 +273,7 @@ mod tests {
             config: Encoded::of(&config),
             pause_pid: 42,
             monitor_pid: 41,
+            monitor_start_time: Some(7),
             cgroup_parent: "/rcri".into(),
             shm_mounted: true,
             netns: None,
@@ -313,5 +322,16 @@ mod tests {
             "pause_pid":2,"monitor_pid":3,"cgroup_parent":"","shm_mounted":false}"#;
         let record: PodRecord = serde_json::from_str(old).unwrap();
         assert!(record.runtime.is_none());
+        assert!(record.monitor_start_time.is_none());
+    }
+
+    #[test]
+    fn container_records_without_a_monitor_start_time_load() {
+        let old = r#"{"id":"c","pod_id":"p","state":"Running","created_at":1,"started_at":2,
+            "finished_at":0,"exit_code":0,"reason":"","message":"","config":"","image":"i",
+            "image_id":"sha256:x","pid":4,"monitor_pid":3,"log_path":"","stop_signal":""}"#;
+        let record: ContainerRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(record.monitor_pid, 3);
+        assert!(record.monitor_start_time.is_none());
     }
 }

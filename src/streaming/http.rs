@@ -206,6 +206,10 @@ where
         }
         Request::Exec(request) => negotiate(&head).map(|p| Session::Exec(request, p)),
         Request::Attach(request) => negotiate(&head).map(|p| Session::Attach(request, p)),
+        Request::PortForward(request) if websocket => {
+            serve_port_forward_websocket(stream, head, leftover, request, server).await;
+            return;
+        }
         Request::PortForward(request) => {
             negotiate_port_forward(&head).map(|_| Session::PortForward(request))
         }
@@ -280,6 +284,46 @@ fn take_request(head: &RequestHead, server: &StreamingServer) -> Option<Request>
     }
     None
 }
+
+/// Port-forward over WebSocket as client-go does it: SPDY/3.1 tunnelled in
+/// binary messages, subprotocol `SPDY/3.1+portforward.k8s.io`.
+async fn serve_port_forward_websocket<S>(
+    mut stream: S,
+    head: RequestHead,
+    leftover: Vec<u8>,
+    request: PortForwardRequest,
+    server: Arc<StreamingServer>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let negotiated = negotiate_websocket(
+        &head,
+        |offered| {
+            offered
+                .contains(&PORT_FORWARD_OVER_WEBSOCKET)
+                .then_some(PORT_FORWARD_OVER_WEBSOCKET)
+        },
+        &[PORT_FORWARD_OVER_WEBSOCKET],
+    );
+    let (protocol, accept) = match negotiated {
+        Ok(negotiated) => negotiated,
+        Err(refusal) => {
+            let _ = stream.write_all(&response(&refusal)).await;
+            return;
+        }
+    };
+    let switching = websocket_switching(&accept, Some(protocol));
+    if stream.write_all(switching.as_bytes()).await.is_err() {
+        return;
+    }
+    let idle_timeout = server.idle_timeout();
+    let tunnel = websocket::byte_stream(stream, leftover, idle_timeout);
+    let conn = spdy_transport::connect(tunnel, Vec::new(), idle_timeout);
+    portforward::serve(conn, request, server.pods().clone()).await;
+}
+
+/// The subprotocol of SPDY tunnelled over WebSocket for port-forward.
+pub const PORT_FORWARD_OVER_WEBSOCKET: &str = "SPDY/3.1+portforward.k8s.io";
 
 /// Checks a WebSocket upgrade request: its key, version and the offered
 /// subprotocols, one of which `choose` must accept.

@@ -223,7 +223,7 @@ impl StreamingServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(request, Instant::now());
-        format!("http://{}/portforward/{token}", self.addr)
+        format!("{}://{}/portforward/{token}", self.scheme, self.addr)
     }
 
     fn take_port_forward(&self, token: &str) -> Option<PortForwardRequest> {

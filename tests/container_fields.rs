@@ -1089,6 +1089,10 @@ async fn the_image_stop_signal_and_log_reopening() {
             })
             .await
             .unwrap();
+        assert!(
+            log.exists(),
+            "{handler}: the new file exists when the call returns"
+        );
         sh(&node, &talker, "echo after > /tmp/say").await;
         let text = wait_log_line(&log, "after").await;
         assert!(!text.contains("before"), "{handler}: {text}");

@@ -116,7 +116,7 @@ pub(super) async fn start_time_of(pid: i32) -> Option<u64> {
 
 /// Whether the monitor of `id` still runs. Without a recorded start time
 /// (older records) its command line must name `id`. Blocking (/proc only).
-fn monitor_alive(pid: i32, start_time: Option<u64>, id: &str) -> bool {
+pub(super) fn monitor_alive(pid: i32, start_time: Option<u64>, id: &str) -> bool {
     let Some(start) = live_start_time(pid) else {
         return false;
     };

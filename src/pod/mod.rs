@@ -47,6 +47,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const MONITOR_EXIT_WAIT: Duration = Duration::from_secs(2);
 /// ExecSync output is capped (the kubelet caps it too).
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
+/// ReopenContainerLog waits at most this long for the monitor's new file.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
 const PAUSE_PATH: &str = "/pause";
 static PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rcri-pause"));
 
@@ -1690,11 +1692,45 @@ impl PodManager {
                 container.id
             )));
         }
+        let (pid, start_time, id) = (
+            container.monitor_pid,
+            container.monitor_start_time,
+            container.id.clone(),
+        );
+        // Never signal a process that merely reuses the monitor's pid.
+        let alive = tokio::task::spawn_blocking(move || lost::monitor_alive(pid, start_time, &id))
+            .await
+            .unwrap_or(false);
+        if !alive {
+            return Err(PodError::FailedPrecondition(format!(
+                "the monitor of container {} is gone, so its log cannot be reopened",
+                container.id
+            )));
+        }
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(container.monitor_pid),
+            nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGUSR1,
         )
-        .map_err(|e| PodError::Internal(format!("signalling the monitor of {}: {e}", container.id)))
+        .map_err(|e| {
+            PodError::Internal(format!("signalling the monitor of {}: {e}", container.id))
+        })?;
+        // The kubelet (and critest) expect the new file to exist when the
+        // call returns: wait, briefly, for the monitor to create it.
+        if !container.log_path.is_empty() {
+            let log_path = PathBuf::from(&container.log_path);
+            let deadline = tokio::time::Instant::now() + REOPEN_WAIT;
+            while !tokio::fs::try_exists(&log_path).await.unwrap_or(false) {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(PodError::DeadlineExceeded(format!(
+                        "the monitor of container {} did not reopen {} within {REOPEN_WAIT:?}",
+                        container.id,
+                        log_path.display()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok(())
     }
 
     pub async fn update_resources(

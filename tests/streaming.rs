@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node};
+use common::processes_with;
 use common::spdy_client::{SUCCESS, SpdyClient, V4, split_url, upgrade};
 use rcri::proto;
 use rcri::streaming::spdy::{self, Frame};
@@ -207,20 +208,6 @@ async fn exec_urls_and_requests_are_checked() {
 
     node.remove_pod(&pod).await;
     node.assert_clean();
-}
-
-/// Command lines of processes containing `text`.
-fn processes_with(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(text) {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::node::{HANDLERS, Node};
+use common::split_url;
 use rcri::proto;
 use rcri::streaming::spdy::{Codec, FLAG_FIN, Frame, FrameDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,12 +24,6 @@ const PORTFORWARD: &str = "portforward.k8s.io";
 /// Each serves any number of connections, one process per connection.
 const SERVERS: &str = "printf '#!/bin/sh\\necho second:\\nexec cat\\n' > /tmp/greet; chmod +x /tmp/greet; \
      busybox nc -ll -p 8080 -e cat & busybox nc -ll -p 8081 -e /tmp/greet & wait";
-
-fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let slash = rest.find('/').expect("a path");
-    (rest[..slash].to_string(), rest[slash..].to_string())
-}
 
 /// A SPDY client whose writes never wait for its reads (a writer task), so
 /// that echoing large data cannot deadlock it.

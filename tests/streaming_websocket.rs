@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use base64::Engine;
 use common::node::{HANDLERS, Node};
+use common::processes_with;
 use common::ws_client::{self, WsClient};
 use rcri::proto;
 
@@ -216,20 +217,6 @@ async fn older_websocket_protocols_and_refusals() {
 
     node.remove_pod(&pod).await;
     node.assert_clean();
-}
-
-/// Command lines of processes containing `text`.
-fn processes_with(text: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(text) {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test]

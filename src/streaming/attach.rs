@@ -21,7 +21,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedWriteHalf;
 
 use super::AttachRequest;
-use super::exec::{Outcome, Protocol, error_stream_payload};
+use super::exec::{Outcome, Protocol, Streams, error_stream_payload};
 use super::session::{ClientEvent, Connection, ServerEvent};
 use crate::monitor::attach::{
     self as frames, TAG_CLOSE_STDIN, TAG_RESIZE, TAG_STDERR, TAG_STDIN, TAG_STDOUT,
@@ -31,48 +31,6 @@ use crate::monitor::attach::{
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Resize messages not yet complete are capped at this.
 const MAX_RESIZE_BUFFER: usize = 4096;
-
-/// The streams the client opened, by type.
-#[derive(Debug, Default)]
-struct Streams {
-    error: Option<u32>,
-    stdin: Option<u32>,
-    stdout: Option<u32>,
-    stderr: Option<u32>,
-    resize: Option<u32>,
-}
-
-impl Streams {
-    fn ready(&self, request: &AttachRequest) -> bool {
-        self.error.is_some()
-            && (!request.stdin || self.stdin.is_some())
-            && (!request.stdout || self.stdout.is_some())
-            && (!request.stderr || request.tty || self.stderr.is_some())
-    }
-
-    fn slot(&mut self, kind: &str) -> Option<&mut Option<u32>> {
-        match kind {
-            "error" => Some(&mut self.error),
-            "stdin" => Some(&mut self.stdin),
-            "stdout" => Some(&mut self.stdout),
-            "stderr" => Some(&mut self.stderr),
-            "resize" => Some(&mut self.resize),
-            _ => None,
-        }
-    }
-
-    fn all(&self) -> impl Iterator<Item = u32> {
-        [
-            self.error,
-            self.stdin,
-            self.stdout,
-            self.stderr,
-            self.resize,
-        ]
-        .into_iter()
-        .flatten()
-    }
-}
 
 /// A terminal size as the resize stream carries it: `{"Width":80,"Height":24}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -146,7 +104,12 @@ pub async fn serve(mut conn: Connection, protocol: Protocol, request: AttachRequ
     let mut streams = Streams::default();
     let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
     let mut early: Vec<ClientEvent> = Vec::new();
-    while !streams.ready(&request) {
+    // Under a TTY there is no separate stderr.
+    while !streams.ready(
+        request.stdin,
+        request.stdout,
+        request.stderr && !request.tty,
+    ) {
         let event = match tokio::time::timeout_at(deadline, conn.events.recv()).await {
             Ok(Some(event)) => event,
             Ok(None) => return conn.close().await,

@@ -141,25 +141,26 @@ pub fn error_stream_payload(
     serde_json::to_string(&status).ok()
 }
 
-/// The streams the client opened, by type.
+/// The streams the client opened, by type (exec and attach alike).
 #[derive(Debug, Default)]
-struct Streams {
-    error: Option<u32>,
-    stdin: Option<u32>,
-    stdout: Option<u32>,
-    stderr: Option<u32>,
-    resize: Option<u32>,
+pub(super) struct Streams {
+    pub(super) error: Option<u32>,
+    pub(super) stdin: Option<u32>,
+    pub(super) stdout: Option<u32>,
+    pub(super) stderr: Option<u32>,
+    pub(super) resize: Option<u32>,
 }
 
 impl Streams {
-    fn ready(&self, request: &ExecRequest) -> bool {
+    /// Whether the error stream and each wanted stdio stream are open.
+    pub(super) fn ready(&self, stdin: bool, stdout: bool, stderr: bool) -> bool {
         self.error.is_some()
-            && (!request.stdin || self.stdin.is_some())
-            && (!request.stdout || self.stdout.is_some())
-            && (!request.stderr || self.stderr.is_some())
+            && (!stdin || self.stdin.is_some())
+            && (!stdout || self.stdout.is_some())
+            && (!stderr || self.stderr.is_some())
     }
 
-    fn slot(&mut self, kind: &str) -> Option<&mut Option<u32>> {
+    pub(super) fn slot(&mut self, kind: &str) -> Option<&mut Option<u32>> {
         match kind {
             "error" => Some(&mut self.error),
             "stdin" => Some(&mut self.stdin),
@@ -170,7 +171,7 @@ impl Streams {
         }
     }
 
-    fn all(&self) -> impl Iterator<Item = u32> {
+    pub(super) fn all(&self) -> impl Iterator<Item = u32> {
         [
             self.error,
             self.stdin,
@@ -285,7 +286,7 @@ pub async fn serve(
             }
             _ => {}
         }
-        if running.is_none() && streams.ready(&request) {
+        if running.is_none() && streams.ready(request.stdin, request.stdout, request.stderr) {
             let run = start(&request, &streams, &pods, out.clone()).await;
             let mut run = match run {
                 Ok(run) => run,

@@ -19,6 +19,30 @@ use tonic::transport::{Channel, Endpoint};
 pub const RCRI: &str = env!("CARGO_BIN_EXE_rcri");
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Splits `http://host:port/path` (or https) into `host:port` and the path.
+pub fn split_url(url: &str) -> (String, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .expect("an http or https URL");
+    let slash = rest.find('/').expect("a path");
+    (rest[..slash].to_string(), rest[slash..].to_string())
+}
+
+/// Command lines of processes containing `text`.
+pub fn processes_with(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(text) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
 /// The absolute path of a tool the test needs. CI installs every tool the
 /// tests use (`make test`), so a missing one is a failure, never a skip.
 pub fn require_tool(name: &str) -> PathBuf {

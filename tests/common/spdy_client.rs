@@ -9,15 +9,10 @@ use rcri::streaming::spdy::{self, Codec, Frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use super::split_url;
+
 pub const V4: &str = "v4.channel.k8s.io";
 pub const SUCCESS: &str = r#"{"metadata":{},"status":"Success"}"#;
-
-/// Splits `http://host:port/path`.
-pub fn split_url(url: &str) -> (String, String) {
-    let rest = url.strip_prefix("http://").expect("an http URL");
-    let slash = rest.find('/').expect("a path");
-    (rest[..slash].to_string(), rest[slash..].to_string())
-}
 
 /// Sends the upgrade request; `Ok` with the connection after a 101, else
 /// the status code and the body.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+pub use super::split_url;
+
 /// A byte stream to the server: TCP, or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -29,16 +31,6 @@ pub struct WsClient {
     buf: Vec<u8>,
     /// The subprotocol the server chose, if it named one.
     pub protocol: Option<String>,
-}
-
-/// Splits `http://host:port/path` (or https).
-pub fn split_url(url: &str) -> (String, String) {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .expect("an http or https URL");
-    let slash = rest.find('/').expect("a path");
-    (rest[..slash].to_string(), rest[slash..].to_string())
 }
 
 impl WsClient {

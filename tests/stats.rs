@@ -94,7 +94,7 @@ async fn stats_of_containers_and_pods_under_each_handler() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             stats = container_stats(&node, &hog).await;
         }
-        let memory = stats.memory.clone().unwrap();
+        let memory = stats.memory.unwrap();
         assert!(working_set(&stats) > 20 * MB, "{handler}: {memory:?}");
         assert!(
             value(memory.usage_bytes) >= working_set(&stats),
@@ -132,14 +132,14 @@ async fn stats_of_containers_and_pods_under_each_handler() {
                 .collect::<HashMap<_, _>>(),
         };
         assert_eq!(list(&node, filter("", &pod, &[])).await, both);
-        assert_eq!(list(&node, filter(&hog, "", &[])).await, [hog.clone()]);
+        assert_eq!(list(&node, filter(&hog, "", &[])).await, vec![hog.clone()]);
         assert_eq!(
             list(&node, filter(&hog[..12], &pod, &[])).await,
-            [hog.clone()]
+            vec![hog.clone()]
         );
         assert_eq!(
             list(&node, filter("", &pod, &[("container", "created")])).await,
-            [created.clone()]
+            vec![created.clone()]
         );
         assert!(
             list(&node, filter("", &pod, &[("container", "nope")]))

@@ -239,13 +239,13 @@ async fn other_rpcs_are_unimplemented_and_say_which() {
     let server = sandbox.serve();
     let mut runtime = server.runtime().await;
     let error = runtime
-        .container_stats(proto::ContainerStatsRequest::default())
+        .checkpoint_container(proto::CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
     assert_eq!(
         error.message(),
-        "runtime.v1.RuntimeService/ContainerStats is not implemented by rcri yet"
+        "runtime.v1.RuntimeService/CheckpointContainer is not implemented by rcri yet"
     );
     let error = runtime
         .stream_containers(proto::StreamContainersRequest::default())

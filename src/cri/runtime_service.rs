@@ -420,6 +420,58 @@ impl RuntimeService for RuntimeSvc {
         Ok(Response::new(proto::PortForwardResponse { url }))
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<proto::ContainerStatsRequest>,
+    ) -> Result<Response<proto::ContainerStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .container_stats(&request.into_inner().container_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<proto::ListContainerStatsRequest>,
+    ) -> Result<Response<proto::ListContainerStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .list_container_stats(request.into_inner().filter)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::ListContainerStatsResponse { stats }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<proto::PodSandboxStatsRequest>,
+    ) -> Result<Response<proto::PodSandboxStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .pod_stats(&request.into_inner().pod_sandbox_id)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<proto::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<proto::ListPodSandboxStatsResponse>, Status> {
+        let stats = self
+            .pods
+            .list_pod_stats(request.into_inner().filter)
+            .await
+            .map_err(CriError::from)?;
+        Ok(Response::new(proto::ListPodSandboxStatsResponse { stats }))
+    }
+
     async fn update_runtime_config(
         &self,
         request: Request<proto::UpdateRuntimeConfigRequest>,

@@ -12,6 +12,7 @@
 mod files;
 mod lost;
 mod netns;
+mod stats;
 
 pub use netns::{ConnectError, PodNetwork};
 pub mod record;
@@ -134,6 +135,8 @@ pub struct PodManager {
     locks: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Containers and pods whose monitor is lost: when the runtime was last asked.
     lost_checks: lost::LostChecks,
+    /// Resource usage readers, with the last CPU sample of each object.
+    stats: Arc<stats::Collector>,
 }
 
 fn pod_name_key(metadata: &proto::PodSandboxMetadata) -> String {
@@ -193,6 +196,10 @@ impl PodManager {
             containers = tables.containers.len(),
             "pod state loaded"
         );
+        let stats = Arc::new(stats::Collector::new(
+            stats::Cgroups::host(),
+            config.state_dir.join("containers"),
+        ));
         let manager = PodManager {
             host: host_info(),
             cni: Cni::new(CniConfig {
@@ -208,6 +215,7 @@ impl PodManager {
             tables: Mutex::new(tables),
             locks: std::sync::Mutex::new(HashMap::new()),
             lost_checks: lost::LostChecks::default(),
+            stats,
         };
         Ok(manager)
     }
@@ -252,6 +260,7 @@ impl PodManager {
     fn forget_lock(&self, id: &str) {
         self.locks.lock().expect("id lock table").remove(id);
         self.lost_checks.forget(id);
+        self.stats.forget(id);
     }
 
     /// The handler a new pod asked for, from the current table.

@@ -271,6 +271,80 @@ async fn other_rpcs_are_unimplemented_and_say_which() {
         .unwrap();
 }
 
+/// An ImageService client that sends the call's deadline but, unlike
+/// tonic's channel, does not enforce it itself: the test sees what rcri
+/// answers, not the client's own `CANCELLED`.
+async fn images_without_a_client_deadline(
+    socket: std::path::PathBuf,
+) -> proto::image_service_client::ImageServiceClient<
+    impl tonic::client::GrpcService<
+        tonic::body::Body,
+        ResponseBody = hyper::body::Incoming,
+        Error = hyper::Error,
+        Future = impl Send,
+    > + Clone,
+> {
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(request).await }
+    });
+    proto::image_service_client::ImageServiceClient::with_origin(
+        service,
+        "http://localhost".parse().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_gets_deadline_exceeded() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let server = sandbox.serve();
+    // A registry that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut images = images_without_a_client_deadline(sandbox.socket()).await;
+    let mut request = tonic::Request::new(proto::PullImageRequest {
+        image: Some(proto::ImageSpec {
+            image: format!("127.0.0.1:{port}/silent:1"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let error = images.pull_image(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+    assert_eq!(
+        error.message(),
+        "the client's deadline of 50ms passed before rcri finished runtime.v1.ImageService/PullImage"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The same connection and the server serve on.
+    images
+        .list_images(proto::ListImagesRequest::default())
+        .await
+        .unwrap();
+    // A deadline that is met changes nothing.
+    let mut request = tonic::Request::new(proto::VersionRequest::default());
+    request.set_timeout(std::time::Duration::from_secs(10));
+    server.runtime().await.version(request).await.unwrap();
+    held.abort();
+}
+
 #[tokio::test]
 async fn the_socket_is_mode_0660_and_removed_on_sigterm() {
     let sandbox = Sandbox::new();

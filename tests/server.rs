@@ -359,6 +359,77 @@ async fn the_socket_is_mode_0660_and_removed_on_sigterm() {
     assert!(!sandbox.socket().exists(), "socket removed on shutdown");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_idle_connection_open_exits_at_once() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let mut server = sandbox.serve();
+    // As the kubelet does: one connection, kept open between calls.
+    let mut runtime = server.runtime().await;
+    runtime
+        .version(proto::VersionRequest::default())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, stderr) = tokio::task::spawn_blocking(move || server.stop_with(Signal::SIGTERM))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("grace period"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(runtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_calls_in_flight_a_grace_period_then_exits() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let mut server = sandbox.serve();
+    // A pull from a registry that never answers stays in flight.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (reached, pulling) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(async move {
+        let (stream, _) = silent.accept().await.unwrap();
+        let _ = reached.send(());
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let mut images = server.images().await;
+    let call = tokio::spawn(async move {
+        images
+            .pull_image(proto::PullImageRequest {
+                image: Some(proto::ImageSpec {
+                    image: format!("127.0.0.1:{port}/silent:1"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+    });
+    pulling.await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, stderr) = tokio::task::spawn_blocking(move || server.stop_with(Signal::SIGTERM))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("calls still open after the grace period"),
+        "{stderr}"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(call.await.unwrap().is_err(), "the call never got an answer");
+    held.abort();
+}
+
 #[tokio::test]
 async fn sigint_also_stops_gracefully() {
     let sandbox = Sandbox::new();

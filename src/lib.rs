@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod cri;
+pub mod deadline;
 pub mod fsutil;
 pub mod handler;
 pub mod image;

@@ -9,10 +9,13 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio_stream::wrappers::UnixListenerStream;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 
 use crate::config::{Config, ConfigSources};
 use crate::cri::{ImageSvc, RuntimeSvc};
+use crate::deadline::Deadline;
 use crate::handler::{HandlerTable, SharedHandlers};
 use crate::image::registry::{RegistryClient, RegistryHost};
 use crate::image::store::{ImageStore, StoreError};
@@ -25,6 +28,8 @@ pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 const SOCKET_MODE: u32 = 0o660;
 /// How long calls in flight may run on after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long to wait before accepting again after `accept` failed.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -55,8 +60,6 @@ pub enum ServeError {
         address: String,
         source: std::io::Error,
     },
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -239,37 +242,77 @@ pub async fn serve(
         }
     }
     let reloader = tokio::spawn(reload.run(config.clone(), handlers.clone()));
+    let routes = tonic::service::Routes::new(runtime)
+        .add_service(images)
+        .prepare();
+    let connections = accept(listener, Deadline::new(routes), shutdown).await;
     // After a signal, open connections (the kubelet keeps one) get a short
     // grace period to finish their calls, then rcri exits regardless.
-    let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
-    let on_signal = async move {
-        shutdown.recv().await;
-        let _ = signalled.send(());
-    };
-    let server = tonic::transport::Server::builder()
-        .add_service(runtime)
-        .add_service(images)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), on_signal);
-    let grace = async {
-        if grace_starts.await.is_ok() {
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    let result = tokio::select! {
-        result = server => result,
-        () = grace => {
+    tokio::select! {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still open after the grace period; exiting anyway");
-            Ok(())
         }
-    };
+    }
     reloader.abort();
     if let Err(e) = std::fs::remove_file(&claimed.socket) {
         tracing::warn!(socket = %claimed.socket.display(), error = %e, "cannot remove the socket");
     }
     tracing::info!("rcri stopped");
-    Ok(result?)
+    Ok(())
+}
+
+/// Serves each accepted connection with HTTP/2 until SIGTERM or SIGINT, then
+/// stops listening and returns the connections still open. rcri serves its
+/// connections itself, not with tonic's transport server, because that one
+/// wraps every service in a deadline layer of its own that answers
+/// `CANCELLED` where the CRI's clients expect `DEADLINE_EXCEEDED`.
+async fn accept<S>(
+    listener: tokio::net::UnixListener,
+    service: S,
+    shutdown: Shutdown,
+) -> GracefulShutdown
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // The timer lets hyper enforce its HTTP/2 timeouts, as tonic's server
+    // did. No stream limit either, as before: the kubelet sends all its
+    // calls over one connection.
+    http2.timer(TokioTimer::new()).max_concurrent_streams(None);
+    let connections = GracefulShutdown::new();
+    let signal = shutdown.recv();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = TowerToHyperService::new(service.clone());
+                    let connection = connections.watch(http2.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Typically out of file descriptors: wait a little
+                    // rather than spin, then accept again.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    connections
 }
 
 /// SIGTERM and SIGINT, registered before the socket is bound so that a

@@ -271,6 +271,80 @@ async fn other_rpcs_are_unimplemented_and_say_which() {
         .unwrap();
 }
 
+/// An ImageService client that sends the call's deadline but, unlike
+/// tonic's channel, does not enforce it itself: the test sees what rcri
+/// answers, not the client's own `CANCELLED`.
+async fn images_without_a_client_deadline(
+    socket: std::path::PathBuf,
+) -> proto::image_service_client::ImageServiceClient<
+    impl tonic::client::GrpcService<
+        tonic::body::Body,
+        ResponseBody = hyper::body::Incoming,
+        Error = hyper::Error,
+        Future = impl Send,
+    > + Clone,
+> {
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let service = tower::service_fn(move |request: http::Request<tonic::body::Body>| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(request).await }
+    });
+    proto::image_service_client::ImageServiceClient::with_origin(
+        service,
+        "http://localhost".parse().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_call_past_its_deadline_gets_deadline_exceeded() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let server = sandbox.serve();
+    // A registry that accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut images = images_without_a_client_deadline(sandbox.socket()).await;
+    let mut request = tonic::Request::new(proto::PullImageRequest {
+        image: Some(proto::ImageSpec {
+            image: format!("127.0.0.1:{port}/silent:1"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    request.set_timeout(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let error = images.pull_image(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+    assert_eq!(
+        error.message(),
+        "the client's deadline of 50ms passed before rcri finished runtime.v1.ImageService/PullImage"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The same connection and the server serve on.
+    images
+        .list_images(proto::ListImagesRequest::default())
+        .await
+        .unwrap();
+    // A deadline that is met changes nothing.
+    let mut request = tonic::Request::new(proto::VersionRequest::default());
+    request.set_timeout(std::time::Duration::from_secs(10));
+    server.runtime().await.version(request).await.unwrap();
+    held.abort();
+}
+
 #[tokio::test]
 async fn the_socket_is_mode_0660_and_removed_on_sigterm() {
     let sandbox = Sandbox::new();
@@ -283,6 +357,77 @@ async fn the_socket_is_mode_0660_and_removed_on_sigterm() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("shutting down"), "{stderr}");
     assert!(!sandbox.socket().exists(), "socket removed on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_an_idle_connection_open_exits_at_once() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let mut server = sandbox.serve();
+    // As the kubelet does: one connection, kept open between calls.
+    let mut runtime = server.runtime().await;
+    runtime
+        .version(proto::VersionRequest::default())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, stderr) = tokio::task::spawn_blocking(move || server.stop_with(Signal::SIGTERM))
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!stderr.contains("grace period"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(runtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_gives_calls_in_flight_a_grace_period_then_exits() {
+    let sandbox = Sandbox::new();
+    runc_and_crun_config(&sandbox);
+    let mut server = sandbox.serve();
+    // A pull from a registry that never answers stays in flight.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let (reached, pulling) = tokio::sync::oneshot::channel();
+    let held = tokio::spawn(async move {
+        let (stream, _) = silent.accept().await.unwrap();
+        let _ = reached.send(());
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let mut images = server.images().await;
+    let call = tokio::spawn(async move {
+        images
+            .pull_image(proto::PullImageRequest {
+                image: Some(proto::ImageSpec {
+                    image: format!("127.0.0.1:{port}/silent:1"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+    });
+    pulling.await.unwrap();
+    let started = std::time::Instant::now();
+    let (status, stderr) = tokio::task::spawn_blocking(move || server.stop_with(Signal::SIGTERM))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("calls still open after the grace period"),
+        "{stderr}"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(2) && took < std::time::Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(call.await.unwrap().is_err(), "the call never got an answer");
+    held.abort();
 }
 
 #[tokio::test]

@@ -1052,6 +1052,14 @@ async fn the_image_stop_signal_and_log_reopening() {
         let quitter = run_config(&node, &pod, config).await;
         let log = log_path(&node, &pod_name, "quitter");
         wait_log_line(&log, "ready").await;
+        // The init starts with no signal blocked, whatever rcri's monitor
+        // blocks for itself (youki passes the mask on).
+        let blocked = sh(&node, &quitter, "grep SigBlk /proc/1/status").await;
+        assert_eq!(
+            blocked.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{handler}: {blocked}"
+        );
         let started = std::time::Instant::now();
         node.client()
             .await

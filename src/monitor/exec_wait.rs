@@ -39,7 +39,10 @@ pub fn run(pid_file: &Path, command: &[OsString]) -> ExitCode {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         return fail(format_args!("cannot become the child subreaper: {e}"));
     }
-    let runtime = match Command::new(program).args(args).spawn() {
+    let mut command = Command::new(program);
+    command.args(args);
+    super::supervise::reset_signals_in_child(&mut command);
+    let runtime = match command.spawn() {
         Ok(child) => Pid::from_raw(child.id() as i32),
         Err(e) => {
             return fail(format_args!(

@@ -187,7 +187,7 @@ fn start(config: &MonitorConfig) -> Result<(Monitor<'_>, Created), String> {
         mask.add(signal);
     }
     // Blocked before any child exists, so no SIGCHLD is lost. Children get
-    // an empty mask back: std's Command resets it before exec.
+    // an empty mask back ([`reset_signals_in_child`]).
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| format!("cannot block signals: {e}"))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -427,6 +427,29 @@ fn stdin_fifo(config: &MonitorConfig) -> Result<Option<File>, String> {
     Ok(Some(file))
 }
 
+/// Makes the runtime (and so the container's init, which inherits from it)
+/// start with no blocked signals and every disposition at its default. Not
+/// every runtime resets them (youki 0.7 does not), and a container whose
+/// init has SIGTERM blocked, or SIGQUIT ignored because rcri was started by a
+/// shell in the background, cannot be stopped by its stop signal.
+pub(super) fn reset_signals_in_child(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls async-signal-safe functions (sigprocmask, sigaction); it
+    // allocates nothing and touches no locks.
+    unsafe {
+        command.pre_exec(|| {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            for signal in Signal::iterator() {
+                if signal != Signal::SIGKILL && signal != Signal::SIGSTOP {
+                    let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Replaces stdout (the sync pipe) with /dev/null so the server sees EOF.
 fn close_stdout() {
     let result = File::options()
@@ -459,6 +482,7 @@ impl Monitor<'_> {
             .stdin(stdin)
             .stdout(Stdio::from(out_write))
             .stderr(Stdio::from(err_write));
+        reset_signals_in_child(&mut command);
         let child = command
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", config.runtime_path.display()))?;

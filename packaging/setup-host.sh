@@ -47,11 +47,12 @@ fi
 
 # youki for the handler tests: built from crates.io (Debian has no package).
 # The default features lack cgroup v1, which these hosts use (every container
-# would stop at once), so v1, v2 and seccomp are asked for. About 3 minutes.
+# would stop at once), so v1, v2 and seccomp are asked for; pinned to the
+# version the tests were written against. About 3 minutes.
 if [ "$mode" = test ] && ! youki --version >/dev/null 2>&1; then
   cargo=$(command -v cargo || echo "$HOME/.cargo/bin/cargo")
   echo "setup-host: building youki with cargo install (a few minutes)"
-  "$cargo" install youki --locked --features v1,v2,seccomp --root /usr/local
+  "$cargo" install youki --version 0.7.0 --locked --features v1,v2,seccomp --root /usr/local
   youki --version >/dev/null || die "youki was installed but does not run"
 fi
 

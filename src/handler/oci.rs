@@ -323,7 +323,7 @@ fn is_not_exist(stderr: &str) -> bool {
 /// The runtime's own words: runc and crun log JSON lines with a `msg`, or
 /// plain text.
 pub fn runtime_message(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
+    let text = crate::monitor::strip_terminal_escapes(&String::from_utf8_lossy(stderr));
     let messages: Vec<String> = text
         .lines()
         .filter_map(|line| {
@@ -354,6 +354,12 @@ mod tests {
             "container_linux.go: starting: exec: \"nope\": not found"
         );
         assert_eq!(runtime_message(b"  plain failure\n"), "plain failure");
+        assert_eq!(
+            runtime_message(
+                b"\x1b[2m2026-11-28T05:35:53Z\x1b[0m \x1b[31mERROR\x1b[0m failed to prepare rootfs"
+            ),
+            "2026-11-28T05:35:53Z ERROR failed to prepare rootfs"
+        );
         assert_eq!(runtime_message(b""), "(no error output)");
     }
 

@@ -38,6 +38,7 @@ mod runtime;
 mod supervise;
 
 pub use runtime::error_text as runtime_error_text;
+pub use runtime::strip_terminal_escapes;
 pub use supervise::{START_FIFOS, START_STDIN};
 
 #[cfg(test)]

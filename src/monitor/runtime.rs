@@ -41,6 +41,7 @@ struct Entry {
 /// Only when neither exists are lower-level messages used. Empty if the
 /// runtime said nothing.
 pub fn error_text(runtime_log: &str, stderr: &[u8]) -> String {
+    let runtime_log = strip_terminal_escapes(runtime_log);
     let entries: Vec<Entry> = runtime_log
         .lines()
         .map(str::trim)
@@ -56,7 +57,7 @@ pub fn error_text(runtime_log: &str, stderr: &[u8]) -> String {
         })
         .map(|e| e.msg.as_str())
         .collect();
-    let stderr = String::from_utf8_lossy(stderr);
+    let stderr = strip_terminal_escapes(&String::from_utf8_lossy(stderr));
     let stderr = stderr.trim();
     if parts.is_empty() && stderr.is_empty() {
         parts = entries.iter().map(|e| e.msg.as_str()).collect();
@@ -69,6 +70,30 @@ pub fn error_text(runtime_log: &str, stderr: &[u8]) -> String {
         text.push_str(stderr);
     }
     truncate(text, ERROR_CAP)
+}
+
+/// `text` without terminal escape sequences: youki colours its errors even
+/// when they go to a file or a pipe, and colour codes only garble a gRPC
+/// message or a log line.
+pub fn strip_terminal_escapes(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c != '\u{1b}' {
+            out.push(c);
+            continue;
+        }
+        // CSI: parameters and intermediates up to a final byte @..~; any
+        // other escape is two characters long.
+        if chars.next() == Some('[') {
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) {
+                    break;
+                }
+            }
+        }
+    }
+    out
 }
 
 /// A runtime log line: JSON (`{"level":"error","msg":"…"}`, runc/crun/youki

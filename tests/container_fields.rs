@@ -121,20 +121,6 @@ fn pod_security(config: &mut proto::PodSandboxConfig) -> &mut proto::LinuxSandbo
         .get_or_insert_with(Default::default)
 }
 
-async fn run_pod_config(node: &Node, config: proto::PodSandboxConfig, handler: &str) -> String {
-    std::fs::create_dir_all(&config.log_directory).unwrap();
-    node.client()
-        .await
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
-}
-
 async fn create_config(
     node: &Node,
     pod: &str,
@@ -420,7 +406,7 @@ async fn capabilities_no_new_privs_and_privileged() {
     for handler in HANDLERS {
         let mut pod_config = node.pod_config(&format!("caps-{handler}"));
         pod_security(&mut pod_config).privileged = true;
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         leftovers.track(&pod);
         let cases: [(&str, &[&str], &[&str], String); 4] = [
             ("default", &[], &[], DEFAULT_CAP_MASK.to_string()),
@@ -947,7 +933,7 @@ async fn pid_network_and_ipc_namespaces() {
             ..Default::default()
         };
         pod_security(&mut pod_config).namespace_options = Some(host_ns.clone());
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         leftovers.track(&pod);
         let mut config = node.container_config("hostly", "exec sleep 1004");
         *namespaces(&mut config) = host_ns;
@@ -995,7 +981,7 @@ async fn pod_sysctls_are_visible_inside() {
             // The kubelet's slash form.
             ("kernel/shm_rmid_forced".into(), "1".into()),
         ]);
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         leftovers.track(&pod);
         let c = node.run(&pod, "c", "exec sleep 1000").await;
         assert_eq!(
@@ -1218,7 +1204,7 @@ async fn a_privileged_container_gets_a_writable_sys() {
     for handler in HANDLERS {
         let mut pod_config = node.pod_config(&format!("sysfs-{handler}"));
         pod_security(&mut pod_config).privileged = true;
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         leftovers.track(&pod);
         let mut config = node.container_config("privileged", "exec sleep 1000");
         security(&mut config).privileged = true;

@@ -30,20 +30,6 @@ fn security(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerSe
         .get_or_insert_with(Default::default)
 }
 
-async fn run_pod_config(node: &Node, config: proto::PodSandboxConfig, handler: &str) -> String {
-    std::fs::create_dir_all(&config.log_directory).unwrap();
-    node.client()
-        .await
-        .run_pod_sandbox(proto::RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: handler.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox on {handler}: {}", e.message()))
-        .into_inner()
-        .pod_sandbox_id
-}
-
 async fn run_config(node: &Node, pod: &str, config: proto::ContainerConfig) -> String {
     let id = node
         .client()
@@ -229,7 +215,7 @@ async fn privileged_without_host_devices_keeps_host_devices_out() {
     for (handler, expect_host_devices) in [("runc", true), ("nodev", false)] {
         let mut pod_config = node.pod_config(&format!("priv-{handler}"));
         pod_security(&mut pod_config).privileged = true;
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         let mut config = node.container_config("privileged", "exec sleep 1000");
         security(&mut config).privileged = true;
         let id = run_config(&node, &pod, config).await;
@@ -287,7 +273,7 @@ async fn only_allowed_annotations_reach_the_oci_spec() {
             ("io.example.sandbox/mode", "strict"),
             ("other.io/secret", "pod"),
         ]);
-        let pod = run_pod_config(&node, pod_config, handler).await;
+        let pod = node.run_pod_with(pod_config, handler).await;
         let mut config = node.container_config("app", "exec sleep 1000");
         config.annotations = annotations(&[
             ("example.com/allowed", "container"),

@@ -51,24 +51,7 @@ async fn upgrade(node: &Node, url: &str, protocol: &str) -> Result<Client, (u16,
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: {protocol}\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    if code != 101 {
-        let mut body = buf[end..].to_vec();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
-        return Err((code, String::from_utf8_lossy(&body).into_owned()));
-    }
+    let (head, rest) = common::http_upgrade(&mut stream, &request).await?;
     assert!(
         head.to_ascii_lowercase()
             .contains(&format!("x-stream-protocol-version: {protocol}")),
@@ -91,7 +74,7 @@ async fn upgrade(node: &Node, url: &str, protocol: &str) -> Result<Client, (u16,
         frames,
         rd,
         decoder,
-        buf: buf.split_off(end),
+        buf: rest,
         next_id: 1,
         next_request: 0,
         data: BTreeMap::new(),

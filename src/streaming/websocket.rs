@@ -465,22 +465,15 @@ where
         }
     });
 
-    let done = tokio::spawn(async move {
-        write_frames(
-            wr,
-            frames_rx,
-            control_rx,
-            translate,
-            activity,
-            activity_rx,
-            idle_timeout,
-        )
-        .await;
-        let mut reader = reader;
-        if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
-            reader.abort();
-        }
-    });
+    let done = tokio::spawn(write_frames(
+        wr,
+        frames_rx,
+        control_rx,
+        [translate, reader],
+        activity,
+        activity_rx,
+        idle_timeout,
+    ));
     Connection { events, out, done }
 }
 
@@ -540,22 +533,15 @@ where
         }
     });
 
-    tokio::spawn(async move {
-        write_frames(
-            wr,
-            frames_rx,
-            control_rx,
-            translate,
-            activity,
-            activity_rx,
-            idle_timeout,
-        )
-        .await;
-        let mut reader = reader;
-        if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
-            reader.abort();
-        }
-    });
+    tokio::spawn(write_frames(
+        wr,
+        frames_rx,
+        control_rx,
+        [translate, reader],
+        activity,
+        activity_rx,
+        idle_timeout,
+    ));
     theirs
 }
 
@@ -614,8 +600,33 @@ async fn read_messages<R, F, Fut>(
 }
 
 /// Writes frames until the producer is done (then a normal close), the
-/// reader asks for a close, or the connection was idle too long.
+/// reader asks for a close, or the connection was idle too long; then gives
+/// the reader a moment to see the client's last frames and stops it.
 async fn write_frames<W: AsyncWrite + Unpin>(
+    wr: W,
+    frames: mpsc::Receiver<Vec<u8>>,
+    control: mpsc::UnboundedReceiver<Control>,
+    [producer, mut reader]: [tokio::task::JoinHandle<()>; 2],
+    activity: Activity,
+    activity_rx: watch::Receiver<Instant>,
+    idle_timeout: Duration,
+) {
+    write_until_closed(
+        wr,
+        frames,
+        control,
+        producer,
+        activity,
+        activity_rx,
+        idle_timeout,
+    )
+    .await;
+    if tokio::time::timeout(LINGER, &mut reader).await.is_err() {
+        reader.abort();
+    }
+}
+
+async fn write_until_closed<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut frames: mpsc::Receiver<Vec<u8>>,
     mut control: mpsc::UnboundedReceiver<Control>,

@@ -29,6 +29,38 @@ pub fn split_url(url: &str) -> (String, String) {
     (rest[..slash].to_string(), rest[slash..].to_string())
 }
 
+/// Sends an HTTP upgrade `request` and reads the answer's head: after a 101,
+/// the head and whatever followed it; otherwise the status code and body.
+pub async fn http_upgrade<S>(
+    stream: &mut S,
+    request: &str,
+) -> Result<(String, Vec<u8>), (u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the server closed before answering");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let rest = buf.split_off(end);
+    if code != 101 {
+        let mut body = rest;
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
+        return Err((code, String::from_utf8_lossy(&body).into_owned()));
+    }
+    Ok((head, rest))
+}
+
 /// Command lines of processes containing `text`.
 pub fn processes_with(text: &str) -> Vec<String> {
     let mut found = Vec::new();

@@ -90,7 +90,11 @@ impl Node {
     }
 
     pub async fn run_pod(&self, name: &str, handler: &str) -> String {
-        let config = self.pod_config(name);
+        self.run_pod_with(self.pod_config(name), handler).await
+    }
+
+    /// Runs a pod from a config the test adjusted (see `pod_config`).
+    pub async fn run_pod_with(&self, config: proto::PodSandboxConfig, handler: &str) -> String {
         std::fs::create_dir_all(&config.log_directory).unwrap();
         self.client()
             .await
@@ -99,7 +103,7 @@ impl Node {
                 runtime_handler: handler.into(),
             })
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("RunPodSandbox on {handler:?}: {}", e.message()))
             .into_inner()
             .pod_sandbox_id
     }

@@ -26,24 +26,7 @@ pub async fn upgrade(url: &str, protocols: &[&str]) -> Result<SpdyClient, (u16, 
         request.push_str(&format!("X-Stream-Protocol-Version: {p}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the server closed before answering");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-    let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    if code != 101 {
-        let mut body = buf[end..].to_vec();
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
-        return Err((code, String::from_utf8_lossy(&body).into_owned()));
-    }
+    let (head, rest) = super::http_upgrade(&mut stream, &request).await?;
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("upgrade: spdy/3.1"), "{head}");
     assert!(lower.contains("connection: upgrade"), "{head}");
@@ -54,7 +37,7 @@ pub async fn upgrade(url: &str, protocols: &[&str]) -> Result<SpdyClient, (u16, 
     Ok(SpdyClient {
         stream,
         codec: Codec::new(),
-        buf: buf.split_off(end),
+        buf: rest,
         next_id: 1,
     })
 }

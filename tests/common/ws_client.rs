@@ -59,25 +59,7 @@ impl WsClient {
             ));
         }
         request.push_str("\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 1024];
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the server closed before answering");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
-        let code: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        if code != 101 {
-            let mut body = buf[end..].to_vec();
-            let _ =
-                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
-            return Err((code, String::from_utf8_lossy(&body).into_owned()));
-        }
+        let (head, rest) = super::http_upgrade(&mut stream, &request).await?;
         let header = |name: &str| {
             head.split("\r\n").find_map(|line| {
                 let (n, v) = line.split_once(':')?;
@@ -96,7 +78,7 @@ impl WsClient {
         );
         Ok(WsClient {
             stream,
-            buf: buf.split_off(end),
+            buf: rest,
             protocol: header("sec-websocket-protocol"),
         })
     }

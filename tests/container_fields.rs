@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::node::{HANDLERS, Node, read_log};
+use common::node::{HANDLERS, Node, pod_security, read_log, security};
 use common::registry::{ImageBuilder, Layer, block_on};
 use rcri::proto::runtime_service_client::RuntimeServiceClient;
 use rcri::proto::{self, NamespaceMode, security_profile::ProfileType};
@@ -84,14 +84,6 @@ impl Drop for Leftovers {
     }
 }
 
-fn security(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerSecurityContext {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
 fn resources(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerResources {
     config
         .linux
@@ -111,14 +103,6 @@ fn namespaces(config: &mut proto::ContainerConfig) -> &mut proto::NamespaceOptio
 fn own_pid_namespace(mut config: proto::ContainerConfig) -> proto::ContainerConfig {
     namespaces(&mut config).pid = NamespaceMode::Container as i32;
     config
-}
-
-fn pod_security(config: &mut proto::PodSandboxConfig) -> &mut proto::LinuxSandboxSecurityContext {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
 }
 
 async fn create_config(

@@ -9,26 +9,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use common::node::Node;
+use common::node::{Node, pod_security, security};
 use common::require_tool;
 use rcri::proto;
 use tonic::Code;
-
-fn pod_security(config: &mut proto::PodSandboxConfig) -> &mut proto::LinuxSandboxSecurityContext {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
-
-fn security(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerSecurityContext {
-    config
-        .linux
-        .get_or_insert_with(Default::default)
-        .security_context
-        .get_or_insert_with(Default::default)
-}
 
 async fn run_config(node: &Node, pod: &str, config: proto::ContainerConfig) -> String {
     let id = node

@@ -289,3 +289,23 @@ impl Node {
         reference
     }
 }
+
+/// The container's security context, created if absent.
+pub fn security(config: &mut proto::ContainerConfig) -> &mut proto::LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
+/// The pod's security context, created if absent.
+pub fn pod_security(
+    config: &mut proto::PodSandboxConfig,
+) -> &mut proto::LinuxSandboxSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
